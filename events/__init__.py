@@ -1,0 +1,58 @@
+"""osupgrade's durable, tamper-evident, async event log.
+
+The public surface: the ``EventStore`` protocol, two backends (``InMemoryEventStore``
+and ``SQLiteEventStore``), the envelope types, the registry of typed events and the
+errors. Nothing here knows about scale sets or upgrades.
+"""
+
+from events.clock import Clock, FixedClock, SystemClock
+from events.envelope import Metadata, NewEvent, RecordedEvent
+from events.errors import (
+    ConcurrencyError,
+    CorruptStoreError,
+    DuplicateEventIdError,
+    EventStoreError,
+    EventTooLargeError,
+    InvalidEventError,
+    InvalidExpectedVersionError,
+    InvalidStreamNameError,
+    NotAnEventStoreError,
+    StoreClosedError,
+    UnknownEventTypeError,
+    UpcastError,
+)
+from events.ids import uuid7
+from events.memory import InMemoryEventStore
+from events.registry import EventRegistry
+from events.sqlite import SQLiteEventStore
+from events.store import EventStore
+from events.subscription import Subscription
+from events.verify import VerifyReport
+
+__all__ = [
+    "Clock",
+    "ConcurrencyError",
+    "CorruptStoreError",
+    "DuplicateEventIdError",
+    "EventRegistry",
+    "EventStore",
+    "EventStoreError",
+    "EventTooLargeError",
+    "FixedClock",
+    "InMemoryEventStore",
+    "InvalidEventError",
+    "InvalidExpectedVersionError",
+    "InvalidStreamNameError",
+    "Metadata",
+    "NewEvent",
+    "NotAnEventStoreError",
+    "RecordedEvent",
+    "SQLiteEventStore",
+    "StoreClosedError",
+    "Subscription",
+    "SystemClock",
+    "UnknownEventTypeError",
+    "UpcastError",
+    "VerifyReport",
+    "uuid7",
+]

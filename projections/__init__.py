@@ -1,0 +1,1 @@
+"""The read side: projections folded from the event log (see issue "projections/")."""
