@@ -255,7 +255,8 @@ class SQLiteEventStore:
         self._state = "closing"
         self._wakeup.set()
         if self._writer_task is not None:
-            await self._writer_task
+            with contextlib.suppress(Exception):
+                await self._writer_task
         await self._close_connections()
         self._watch.close()
         self._state = "closed"
@@ -289,16 +290,28 @@ class SQLiteEventStore:
         return await future
 
     async def _run_writer(self) -> None:
-        while True:
-            if not self._pending:
-                if self._state != "open":
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            group = self._take_group()
-            if group:
-                await self._commit_group(group, careful=False)
+        group: list[_Append] = []
+        try:
+            while True:
+                if not self._pending:
+                    if self._state != "open":
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                group = self._take_group()
+                if group:
+                    await self._commit_group(group, careful=False)
+        except BaseException as exc:
+            # Never leave a caller waiting forever: fail everything still queued.
+            error = StoreClosedError(f"the writer of {self.path} stopped: {exc!r}")
+            self._state = "closing"
+            for item in [*group, *self._pending]:
+                _settle(item.future, error)
+            self._pending.clear()
+            if not isinstance(exc, asyncio.CancelledError):
+                self._log.exception("event store writer stopped")
+            raise
 
     def _take_group(self) -> list[_Append]:
         group: list[_Append] = []
