@@ -123,7 +123,7 @@ class _GroupPlan:
 class SQLiteEventStore:
     """An event log in one SQLite file; open it with ``async with``."""
 
-    def __init__(  # noqa: PLR0913 - all keyword settings with defaults
+    def __init__(
         self,
         path: str | Path,
         *,

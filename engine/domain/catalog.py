@@ -1,0 +1,88 @@
+"""The image catalog: which versions exist where, and which one is "latest" (SPEC 2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.domain.events import (
+    GalleryImageVersionPublished,
+    GalleryImageVersionReplicated,
+    ImageVersionPublished,
+    SimulationProfile,
+)
+from engine.domain.model import ImageReference, version_key
+
+
+@dataclass
+class GalleryVersion:
+    """One gallery image version: where it is replicated, whether "latest" may pick it."""
+
+    regions: set[str]
+    exclude_from_latest: bool
+    simulation: SimulationProfile
+
+
+@dataclass
+class Catalog:
+    """Folded from the catalog streams; answers "what is the latest version here?"."""
+
+    platform: dict[tuple[str, str, str, str], dict[str, SimulationProfile]] = field(
+        default_factory=dict
+    )
+    gallery: dict[str, dict[str, GalleryVersion]] = field(default_factory=dict)
+
+    def apply(self, event: object) -> None:
+        """Fold one catalog event."""
+        if isinstance(event, ImageVersionPublished):
+            key = (
+                event.location.lower(),
+                event.publisher.lower(),
+                event.offer.lower(),
+                event.sku.lower(),
+            )
+            self.platform.setdefault(key, {})[event.version] = event.simulation
+        elif isinstance(event, GalleryImageVersionPublished):
+            versions = self.gallery.setdefault(event.image_id.lower(), {})
+            versions[event.version] = GalleryVersion(
+                {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
+            )
+        elif isinstance(event, GalleryImageVersionReplicated):
+            found = self.gallery.get(event.image_id.lower(), {}).get(event.version)
+            if found is not None:
+                found.regions.add(event.region.lower())
+
+    def versions(self, location: str, publisher: str, offer: str, sku: str) -> list[str]:
+        """Platform versions of one image family in one location, oldest first."""
+        key = (location.lower(), publisher.lower(), offer.lower(), sku.lower())
+        return sorted(self.platform.get(key, {}), key=version_key)
+
+    def latest(self, image: ImageReference, location: str) -> str | None:
+        """The newest version usable by a scale set in ``location`` (same SKU always)."""
+        if image.is_gallery:
+            assert image.id is not None
+            usable = [
+                version
+                for version, info in self.gallery.get(image.id.lower(), {}).items()
+                if location.lower() in info.regions and not info.exclude_from_latest
+            ]
+        else:
+            usable = self.versions(location, image.publisher, image.offer, image.sku)
+        return max(usable, key=version_key) if usable else None
+
+    def exists(self, image: ImageReference, location: str, version: str) -> bool:
+        """Whether ``version`` of the image is available in ``location``."""
+        if image.is_gallery:
+            assert image.id is not None
+            info = self.gallery.get(image.id.lower(), {}).get(version)
+            return info is not None and location.lower() in info.regions
+        return version in self.versions(location, image.publisher, image.offer, image.sku)
+
+    def profile(self, version: str) -> SimulationProfile | None:
+        """The simulation profile published with ``version`` (any family)."""
+        for versions in self.platform.values():
+            if version in versions:
+                return versions[version]
+        for gallery_versions in self.gallery.values():
+            if version in gallery_versions:
+                return gallery_versions[version].simulation
+        return None

@@ -1,0 +1,197 @@
+"""One scale set: its state folded from its stream, and its pure decisions (SPEC 2.1)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from engine.domain.events import (
+    AutomaticUpgradeScheduled,
+    ScaleSetCreated,
+    ScaleSetDeleted,
+    ScaleSetModelUpdated,
+    ScaleSetUpgradeFinished,
+    ScaleSetUpgradeStarted,
+    UpgradeRequested,
+)
+from engine.domain.model import (
+    DEFAULT_ROLLING_POLICY,
+    ScaleSetSpec,
+    StartedBy,
+    version_key,
+)
+
+
+class OperationNotAllowedError(Exception):
+    """A command conflicts with the current state (HTTP 409 ``OperationNotAllowed``)."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Timings and limits of the orchestrator; the defaults are Azure's numbers."""
+
+    first_rollout_max_delay_s: int = 3 * 3600
+    new_version_min_delay_s: int = 30 * 60
+    new_version_max_delay_s: int = 60 * 60
+    health_timeout_s: int = 300
+    probe_interval_s: int = 5
+    max_concurrent_upgrades: int | None = None
+
+
+@dataclass
+class ScaleSetState:
+    """A scale set as its stream says it is now."""
+
+    spec: ScaleSetSpec | None = None
+    instance_versions: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+    automatic_configured_at: datetime | None = None
+    platform_upgrades: int = 0
+    active_upgrade: ScaleSetUpgradeStarted | None = None
+    upgrades: list[str] = field(default_factory=list)
+    scheduled: AutomaticUpgradeScheduled | None = None
+    left_failed: tuple[str, ...] = ()
+    version: int = 0
+
+    def apply(self, event: object, at: datetime) -> None:
+        """Fold one event recorded at engine time ``at``."""
+        self.version += 1
+        if isinstance(event, ScaleSetCreated):
+            self.spec = event.spec
+            self.instance_versions = dict(event.instance_versions)
+            self.deleted = False
+            if _automatic(event.spec):
+                self.automatic_configured_at = at
+        elif isinstance(event, ScaleSetModelUpdated):
+            self.spec = event.spec
+            self.instance_versions = dict(event.instance_versions)
+            if event.automatic_newly_enabled:
+                self.automatic_configured_at = at
+                self.platform_upgrades = 0
+            if not _automatic(event.spec):
+                self.automatic_configured_at = None
+                self.scheduled = None
+        elif isinstance(event, ScaleSetDeleted):
+            self.deleted = True
+        elif isinstance(event, AutomaticUpgradeScheduled):
+            self.scheduled = event
+        elif isinstance(event, ScaleSetUpgradeStarted):
+            self.active_upgrade = event
+            self.upgrades.append(event.upgrade_id)
+            if event.started_by == StartedBy.PLATFORM:
+                self.platform_upgrades += 1
+                self.scheduled = None
+        elif isinstance(event, ScaleSetUpgradeFinished):
+            self.active_upgrade = None
+            self.instance_versions = dict(event.instance_versions)
+            self.left_failed = event.left_failed
+
+
+def _automatic(spec: ScaleSetSpec) -> bool:
+    return spec.policy.automatic.enable_automatic_os_upgrade
+
+
+def newest_instance_version(state: ScaleSetState) -> str | None:
+    """The newest image version any instance runs."""
+    versions = set(state.instance_versions.values())
+    return max(versions, key=version_key) if versions else None
+
+
+def jitter(key: str, version: str, span_s: int) -> int:
+    """A delay in [0, span) fixed by the scale set and version: spreads load, replays the same."""
+    if span_s <= 0:
+        return 0
+    digest = hashlib.blake2b(f"{key}/{version}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % span_s
+
+
+def schedule_automatic(
+    state: ScaleSetState, latest: str | None, now: datetime, settings: EngineSettings
+) -> AutomaticUpgradeScheduled | None:
+    """Schedule a Platform upgrade when a newer version is available (SPEC 2.1.1)."""
+    spec = state.spec
+    if spec is None or state.deleted or state.automatic_configured_at is None or latest is None:
+        return None
+    if spec.image.version.lower() != "latest" and not spec.image.is_gallery:
+        return None
+    if not any(version_key(v) < version_key(latest) for v in state.instance_versions.values()):
+        return None
+    if state.scheduled is not None and version_key(state.scheduled.target_version) >= version_key(
+        latest
+    ):
+        return None
+    if state.scheduled is not None:  # a newer version: keep the earlier due time
+        return AutomaticUpgradeScheduled(
+            latest, state.scheduled.due_at, "newer version available", state.scheduled.delay_s
+        )
+    if state.platform_upgrades == 0:
+        delay = jitter(spec.key, "first", settings.first_rollout_max_delay_s)
+        due = max(now, state.automatic_configured_at + timedelta(seconds=delay))
+        return AutomaticUpgradeScheduled(latest, due, "first rollout after enabling", delay)
+    span = settings.new_version_max_delay_s - settings.new_version_min_delay_s
+    delay = settings.new_version_min_delay_s + jitter(spec.key, latest, span)
+    return AutomaticUpgradeScheduled(
+        latest, now + timedelta(seconds=delay), "new version available", delay
+    )
+
+
+def upgrade_id_for(state: ScaleSetState) -> str:
+    """A deterministic id: the same log replayed names its upgrades the same."""
+    assert state.spec is not None
+    return hashlib.blake2b(f"{state.spec.key}#{state.version}".encode(), digest_size=12).hexdigest()
+
+
+def start_upgrade(
+    state: ScaleSetState, started_by: StartedBy, target_version: str
+) -> ScaleSetUpgradeStarted:
+    """Refuse a second upgrade; otherwise record that one starts (SPEC 2.1.3)."""
+    if state.spec is None or state.deleted:
+        raise LookupError("the scale set does not exist")
+    if state.active_upgrade is not None:
+        raise OperationNotAllowedError(
+            "Rolling upgrade is already in progress on this Virtual Machine Scale Set."
+        )
+    return ScaleSetUpgradeStarted(upgrade_id_for(state), started_by, target_version)
+
+
+def build_request(
+    state: ScaleSetState, started: ScaleSetUpgradeStarted, settings: EngineSettings
+) -> UpgradeRequested:
+    """The full, fixed inputs of an upgrade: target, policy in force, rollback targets."""
+    spec = state.spec
+    assert spec is not None
+    automatic = spec.policy.automatic
+    platform = started.started_by == StartedBy.PLATFORM
+    policy = (
+        spec.policy.rolling
+        if not platform or automatic.use_rolling_upgrade_policy
+        else DEFAULT_ROLLING_POLICY
+    )
+    if spec.health_extension is not None:
+        source, interval = "extension", spec.health_extension.interval_s
+    elif spec.health_probe:
+        source, interval = "probe", settings.probe_interval_s
+    else:
+        source, interval = "none", settings.probe_interval_s
+    image = spec.image
+    target = type(image)(image.publisher, image.offer, image.sku, started.target_version, image.id)
+    ids = list(state.instance_versions)
+    return UpgradeRequested(
+        upgrade_id=started.upgrade_id,
+        scale_set=spec.key,
+        location=spec.location,
+        started_by=started.started_by,
+        target=target,
+        policy=policy,
+        automatic_rollback=platform and not automatic.disable_automatic_rollback,
+        deferral=automatic.os_rolling_upgrade_deferral,
+        health_source=source,
+        instance_versions=dict(state.instance_versions),
+        zones={i: spec.zone_of(i) for i in ids} if spec.zones else {},
+        update_domains={i: spec.update_domain_of(i) for i in ids},
+        service_fabric=spec.service_fabric,
+        health_timeout_s=settings.health_timeout_s,
+        probe_interval_s=interval,
+        redeploy=state.left_failed,
+    )

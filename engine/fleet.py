@@ -1,0 +1,61 @@
+"""The fleet adapter protocol: the only way the engine touches machines.
+
+Like httpx's transport, it is a small protocol with one simulated implementation
+(``engine.simulated_fleet``); real adapters (processes with real health probes, Azure)
+implement the same methods. Every call that changes a machine carries an
+``operation_id``: an adapter must make a repeated call with the same id a no-op that
+returns the first outcome, which is what lets a restarted engine retry an intent
+without reimaging an instance twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.domain.model import Health, ImageReference, ScaleSetSpec
+
+
+@dataclass(frozen=True)
+class ReimageOutcome:
+    """What happened to one instance's OS disk replacement."""
+
+    ok: bool
+    error: str = ""
+    failed_extensions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RestoreOutcome:
+    """What happened to restoring one instance's previous OS disk."""
+
+    ok: bool
+    error: str = ""
+
+
+class Fleet(Protocol):
+    """Machines of scale sets, as the orchestrator sees them."""
+
+    async def reimage(
+        self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
+    ) -> ReimageOutcome:
+        """Replace the OS disk from ``image`` (a concrete version), keep data disks, and
+        provision the model's extensions again in ``provision_after`` order."""
+        ...
+
+    async def restore(
+        self, spec: ScaleSetSpec, instance_id: str, version: str, operation_id: str
+    ) -> RestoreOutcome:
+        """Put back the OS disk the instance had before (image ``version``)."""
+        ...
+
+    async def read_health(
+        self, spec: ScaleSetSpec, instance_ids: Sequence[str]
+    ) -> dict[str, Health]:
+        """The current health signal of each instance."""
+        ...
+
+    async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
+        """Make sure these instances exist, each on its image version (idempotent)."""
+        ...

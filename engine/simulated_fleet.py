@@ -1,0 +1,142 @@
+"""A deterministic, seeded fleet of simulated machines (the ``Fleet`` for tests and demos).
+
+Whether an instance comes back healthy on a version, how long it boots and whether its
+reimage fails are drawn from a hash of (seed, scale set, instance, version or operation),
+never from shared random state, so the outcome does not depend on the order in which
+concurrent workers happen to call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from engine.clock import EngineClock
+from engine.domain.events import SimulationProfile
+from engine.domain.model import DataDisk, Health, ImageReference, ScaleSetSpec
+from engine.fleet import ReimageOutcome, RestoreOutcome
+
+DEFAULT_PROFILE = SimulationProfile(unhealthy_instance_percent=0, boot_seconds=30)
+
+
+@dataclass
+class SimulatedInstance:
+    """One simulated machine."""
+
+    version: str
+    booted_at: datetime
+    data_disks: tuple[DataDisk, ...]
+    sku: str
+    forced: Health | None = None
+    reimages: int = 0
+    restores: int = 0
+
+
+@dataclass
+class SimulatedFleet:
+    """Machines that boot, fail and report health as their image versions say."""
+
+    clock: EngineClock
+    seed: int = 0
+    profiles: dict[str, SimulationProfile] = field(default_factory=dict)
+    instances: dict[tuple[str, str], SimulatedInstance] = field(default_factory=dict)
+    operations: dict[str, ReimageOutcome | RestoreOutcome] = field(default_factory=dict)
+
+    def set_profile(self, version: str, profile: SimulationProfile) -> None:
+        """Say how instances behave on ``version`` (from the publish request)."""
+        self.profiles[version] = profile
+
+    def force_health(self, key: str, instance_id: str, health: Health) -> None:
+        """Hold an instance at ``health`` until it is next reimaged or restored."""
+        self._instance(key, instance_id).forced = health
+
+    def instance(self, key: str, instance_id: str) -> SimulatedInstance:
+        """The simulated machine (for tests and the HTTP API)."""
+        return self._instance(key, instance_id)
+
+    def _instance(self, key: str, instance_id: str) -> SimulatedInstance:
+        try:
+            return self.instances[(key, instance_id)]
+        except KeyError:
+            raise LookupError(f"no instance {instance_id} in scale set {key}") from None
+
+    async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
+        """Create the machines that do not exist yet, already booted."""
+        for instance_id, version in versions.items():
+            self.instances.setdefault(
+                (spec.key, instance_id),
+                SimulatedInstance(
+                    version=version,
+                    booted_at=self.clock.now() - timedelta(days=1),
+                    data_disks=spec.data_disks,
+                    sku=spec.sku,
+                ),
+            )
+
+    async def reimage(
+        self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
+    ) -> ReimageOutcome:
+        """Replace the OS disk, unless this operation already ran (then say how it went)."""
+        done = self.operations.get(operation_id)
+        if isinstance(done, ReimageOutcome):
+            return done
+        machine = self._instance(spec.key, instance_id)
+        profile = self.profiles.get(image.version, DEFAULT_PROFILE)
+        if self._draw(operation_id) < profile.reimage_failure_percent:
+            outcome = ReimageOutcome(ok=False, error="OSProvisioningTimedOut")
+        else:
+            machine.version = image.version
+            machine.booted_at = self.clock.now()
+            machine.forced = None
+            machine.reimages += 1
+            now = self.clock.now()
+            expired = tuple(
+                e.name
+                for e in spec.extensions
+                if e.credential_expires_at is not None and e.credential_expires_at <= now
+            )
+            outcome = ReimageOutcome(ok=True, failed_extensions=expired)
+        self.operations[operation_id] = outcome
+        return outcome
+
+    async def restore(
+        self, spec: ScaleSetSpec, instance_id: str, version: str, operation_id: str
+    ) -> RestoreOutcome:
+        """Restore the previous OS disk (idempotent per ``operation_id``)."""
+        done = self.operations.get(operation_id)
+        if isinstance(done, RestoreOutcome):
+            return done
+        machine = self._instance(spec.key, instance_id)
+        machine.version = version
+        machine.booted_at = self.clock.now()
+        machine.forced = None
+        machine.restores += 1
+        outcome = RestoreOutcome(ok=True)
+        self.operations[operation_id] = outcome
+        return outcome
+
+    async def read_health(
+        self, spec: ScaleSetSpec, instance_ids: Sequence[str]
+    ) -> dict[str, Health]:
+        """Each instance's signal now: forced, booting, or its version's fate."""
+        now = self.clock.now()
+        return {i: self._health(spec, i, now) for i in instance_ids}
+
+    def _health(self, spec: ScaleSetSpec, instance_id: str, now: datetime) -> Health:
+        machine = self.instances.get((spec.key, instance_id))
+        if machine is None:
+            return Health.UNKNOWN
+        if machine.forced is not None:
+            return machine.forced
+        profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
+        if now < machine.booted_at + timedelta(seconds=profile.boot_seconds):
+            return Health.INITIALIZING if spec.health_extension else Health.UNHEALTHY
+        fate = self._draw(f"{spec.key}/{instance_id}/{machine.version}")
+        return Health.UNHEALTHY if fate < profile.unhealthy_instance_percent else Health.HEALTHY
+
+    def _draw(self, key: str) -> float:
+        """A number in [0, 100) fixed by the seed and ``key``."""
+        digest = hashlib.blake2b(f"{self.seed}/{key}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % 10_000 / 100

@@ -1,0 +1,300 @@
+"""The per-scale-set worker: the only place where decisions meet side effects.
+
+One asyncio task per scale set folds its streams, asks the pure deciders what to do,
+appends their events, and carries out intents (reimage, restore) through the fleet
+adapter, recording each result as an event. Commands from the embedding API arrive in
+its inbox, so everything touching one scale set happens in one sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from engine.clock import EngineClock
+from engine.domain.catalog import Catalog
+from engine.domain.events import (
+    DOMAIN_EVENTS,
+    InstanceReimaged,
+    InstanceReimageFailed,
+    InstanceReimageStarted,
+    InstanceRollbackFailed,
+    InstanceRollbackStarted,
+    InstanceRolledBack,
+    ScaleSetUpgradeFinished,
+    scale_set_stream,
+    upgrade_stream,
+)
+from engine.domain.model import Health, StartedBy
+from engine.domain.scale_set import (
+    EngineSettings,
+    ScaleSetState,
+    build_request,
+    schedule_automatic,
+    start_upgrade,
+)
+from engine.domain.upgrade import UpgradeState, decide
+from engine.fleet import Fleet
+from engine.slots import UpgradeSlots
+from events import EventStore, Metadata, RecordedEvent
+
+log = structlog.get_logger("osupgrade.worker")
+
+Command = Callable[["ScaleSetWorker"], Awaitable[Any]]
+
+
+@dataclass
+class _Request:
+    command: Command
+    reply: asyncio.Future[Any]
+
+
+@dataclass
+class WorkerContext:
+    """What every worker shares: store, fleet, clock, catalog, settings, slots."""
+
+    store: EventStore
+    fleet: Fleet
+    clock: EngineClock
+    catalog: Catalog
+    settings: EngineSettings
+    slots: UpgradeSlots
+    on_change: Callable[[str], None] = field(default=lambda key: None)
+
+
+class ScaleSetWorker:
+    """Drives one scale set: its automatic schedule, its upgrades, its commands."""
+
+    def __init__(self, ctx: WorkerContext, key: str) -> None:
+        self.ctx = ctx
+        self.key = key
+        self.stream = scale_set_stream(key)
+        self.state = ScaleSetState()
+        self.upgrade: UpgradeState | None = None
+        self.upgrade_history: dict[str, UpgradeState] = {}
+        self._inbox: deque[_Request] = deque()
+        self._wake = ctx.clock.signal()
+        self._log = log.bind(scale_set=key)
+
+    # -- commands ------------------------------------------------------------------
+
+    async def submit(self, command: Command) -> Any:
+        """Run ``command`` inside the worker's sequence and return its result."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._inbox.append(_Request(command, reply))
+        self._wake.set()
+        return await reply
+
+    def nudge(self) -> None:
+        """Ask the worker to look again (e.g. a new image version was published)."""
+        self._wake.set()
+
+    # -- appending -----------------------------------------------------------------
+
+    async def append_set(self, *events: object, actor: str = "Platform") -> None:
+        """Append to the scale set stream and fold the events in."""
+        await self._append(self.stream, events, self.state.version, self.state, actor)
+
+    async def append_upgrade(self, *events: object, actor: str = "Platform") -> None:
+        """Append to the active upgrade's stream and fold the events in."""
+        assert self.upgrade is not None and self.upgrade.request is not None
+        stream = upgrade_stream(self.upgrade.request.upgrade_id)
+        await self._append(stream, events, self.upgrade.version, self.upgrade, actor)
+
+    async def _append(
+        self,
+        stream: str,
+        events: Sequence[object],
+        expected: int,
+        target: ScaleSetState | UpgradeState,
+        actor: str,
+    ) -> None:
+        now = self.ctx.clock.now()
+        meta = Metadata(correlation_id=self.key, actor=actor)
+        new = [DOMAIN_EVENTS.to_new_event(e, metadata=meta, occurred_at=now) for e in events]
+        positions = await self.ctx.store.append(stream, new, expected)
+        for event in events:
+            target.apply(event, now)
+        self._log.debug(
+            "recorded", stream=stream, types=[n.type for n in new], position=positions[-1]
+        )
+        self.ctx.on_change(self.key)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Fold the scale set stream and, if one is active, its upgrade."""
+        self.state = ScaleSetState()
+        for recorded in await self.ctx.store.read_stream(self.stream):
+            self.state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+        if self.state.spec is not None:
+            await self.ctx.fleet.provision(self.state.spec, self.state.instance_versions)
+        active = self.state.active_upgrade
+        if active is not None:
+            self.upgrade = await self.read_upgrade(active.upgrade_id)
+            if self.upgrade.request is None:  # crashed between the two appends: redo it
+                self.upgrade = UpgradeState()
+                request = build_request(self.state, active, self.ctx.settings)
+                await self._append(
+                    upgrade_stream(active.upgrade_id), [request], 0, self.upgrade, "Platform"
+                )
+
+    async def read_upgrade(self, upgrade_id: str) -> UpgradeState:
+        """Fold one upgrade stream."""
+        state = UpgradeState()
+        records: list[RecordedEvent] = await self.ctx.store.read_stream(upgrade_stream(upgrade_id))
+        for recorded in records:
+            state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+        return state
+
+    async def run(self) -> None:
+        """Work until the scale set is deleted (or the task is cancelled)."""
+        async with self.ctx.clock.participant():
+            structlog.contextvars.bind_contextvars(scale_set=self.key)
+            await self.load()
+            while not self.state.deleted:
+                await self.step()
+
+    async def step(self) -> None:
+        """Do one thing: a command, an upgrade step, a schedule, or wait."""
+        self._wake.clear()
+        if self._inbox:
+            await self._handle(self._inbox.popleft())
+            return
+        if self.upgrade is not None:
+            await self._step_upgrade()
+            return
+        if await self._maybe_schedule() or await self._maybe_start_platform_upgrade():
+            return
+        due = self.state.scheduled.due_at if self.state.scheduled is not None else None
+        await self._wait(due)
+
+    async def _wait(self, until: datetime | None) -> None:
+        if until is None:
+            await self._wake.wait()
+        else:
+            await self.ctx.clock.sleep_until(until, self._wake)
+
+    async def _handle(self, request: _Request) -> None:
+        try:
+            result = await request.command(self)
+        except Exception as exc:  # noqa: BLE001 - the caller gets its own error back
+            if not request.reply.done():
+                request.reply.set_exception(exc)
+        else:
+            if not request.reply.done():
+                request.reply.set_result(result)
+
+    async def _maybe_schedule(self) -> bool:
+        spec = self.state.spec
+        if spec is None:
+            return False
+        latest = self.ctx.catalog.latest(spec.image, spec.location)
+        timer = schedule_automatic(self.state, latest, self.ctx.clock.now(), self.ctx.settings)
+        if timer is None:
+            return False
+        await self.append_set(timer)
+        self._log.info(
+            "automatic upgrade scheduled", version=timer.target_version, due_at=str(timer.due_at)
+        )
+        return True
+
+    async def _maybe_start_platform_upgrade(self) -> bool:
+        scheduled = self.state.scheduled
+        if scheduled is None or scheduled.due_at > self.ctx.clock.now():
+            return False
+        spec = self.state.spec
+        assert spec is not None
+        latest = self.ctx.catalog.latest(spec.image, spec.location) or scheduled.target_version
+        await self.begin_upgrade(StartedBy.PLATFORM, latest)
+        return True
+
+    async def begin_upgrade(self, started_by: StartedBy, target_version: str) -> str:
+        """Record a new upgrade (refused while one runs) and make it the active one."""
+        started = start_upgrade(self.state, started_by, target_version)
+        actor = started_by.value
+        await self.append_set(started, actor=actor)
+        self.upgrade = UpgradeState()
+        request = build_request(self.state, started, self.ctx.settings)
+        await self._append(upgrade_stream(started.upgrade_id), [request], 0, self.upgrade, actor)
+        self._log.info(
+            "upgrade started", upgrade_id=started.upgrade_id, by=actor, target=target_version
+        )
+        return started.upgrade_id
+
+    # -- upgrades ------------------------------------------------------------------
+
+    async def _step_upgrade(self) -> None:
+        upgrade = self.upgrade
+        assert upgrade is not None and upgrade.request is not None
+        if upgrade.finished:
+            await self._finish_upgrade(upgrade)
+            return
+        upgrade_id = upgrade.request.upgrade_id
+        await self.ctx.slots.acquire(upgrade_id)
+        effects = upgrade.pending_effects()
+        if effects:
+            await self._carry_out(effects)
+            return
+        spec = self.state.spec
+        assert spec is not None
+        needed = upgrade.health_needed()
+        health: dict[str, Health] = await self.ctx.fleet.read_health(spec, needed) if needed else {}
+        decision = decide(upgrade, health, self.ctx.clock.now())
+        if decision.events:
+            await self.append_upgrade(*decision.events)
+        elif not self._inbox:
+            await self._wait(decision.wait_until)
+
+    async def _carry_out(
+        self, effects: Sequence[InstanceReimageStarted | InstanceRollbackStarted]
+    ) -> None:
+        """Run the recorded intents against the fleet, then record every result."""
+        spec = self.state.spec
+        upgrade = self.upgrade
+        assert spec is not None and upgrade is not None and upgrade.request is not None
+        upgrade_id = upgrade.request.upgrade_id
+        target = upgrade.request.target
+
+        async def one(effect: InstanceReimageStarted | InstanceRollbackStarted) -> object:
+            if isinstance(effect, InstanceReimageStarted):
+                op = f"{upgrade_id}/{effect.instance_id}/reimage"
+                outcome = await self.ctx.fleet.reimage(spec, effect.instance_id, target, op)
+                if outcome.ok:
+                    return InstanceReimaged(
+                        effect.instance_id, target.version, outcome.failed_extensions
+                    )
+                return InstanceReimageFailed(effect.instance_id, outcome.error)
+            op = f"{upgrade_id}/{effect.instance_id}/restore"
+            restored = await self.ctx.fleet.restore(spec, effect.instance_id, effect.to_version, op)
+            if restored.ok:
+                return InstanceRolledBack(effect.instance_id, effect.to_version)
+            return InstanceRollbackFailed(effect.instance_id, restored.error)
+
+        results = await asyncio.gather(*(one(e) for e in effects))
+        await self.append_upgrade(*results)
+
+    async def _finish_upgrade(self, upgrade: UpgradeState) -> None:
+        assert upgrade.request is not None
+        versions = dict(self.state.instance_versions)
+        for instance_id, progress in upgrade.instances.items():
+            versions[instance_id] = progress.version
+        finished = ScaleSetUpgradeFinished(
+            upgrade.request.upgrade_id, upgrade.status.value, versions
+        )
+        await self.append_set(finished)
+        self.ctx.slots.release(upgrade.request.upgrade_id)
+        self.upgrade_history[upgrade.request.upgrade_id] = upgrade
+        self._log.info(
+            "upgrade finished",
+            upgrade_id=upgrade.request.upgrade_id,
+            status=upgrade.status.value,
+            error=upgrade.error.code if upgrade.error else None,
+        )
+        self.upgrade = None
