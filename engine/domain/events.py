@@ -162,6 +162,7 @@ class UpgradeRequested:
     health_timeout_s: int
     probe_interval_s: int
     redeploy: tuple[str, ...] = ()  # left failed by an earlier upgrade: do them again
+    grace_period_s: int = 0  # Initializing instances are waited for this long at least
 
 
 @register("upgrade.precheck_passed")

@@ -168,8 +168,11 @@ def build_request(
         if not platform or automatic.use_rolling_upgrade_policy
         else DEFAULT_ROLLING_POLICY
     )
+    grace = 0
     if spec.health_extension is not None:
         source, interval = "extension", spec.health_extension.interval_s
+        ext = spec.health_extension
+        grace = ext.grace_period_s if ext.grace_period_s is not None else interval * ext.number_of_probes
     elif spec.health_probe:
         source, interval = "probe", settings.probe_interval_s
     else:
@@ -194,4 +197,5 @@ def build_request(
         health_timeout_s=settings.health_timeout_s,
         probe_interval_s=interval,
         redeploy=state.left_failed,
+        grace_period_s=grace,
     )

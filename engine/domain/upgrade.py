@@ -428,16 +428,26 @@ def _health_step(
             events.append(InstanceHealthChanged(instance_id, observed))
     if events:
         return Decision(tuple(events))
-    if now >= state.health_deadline:
-        waited = request.health_timeout_s
+    next_probe = now + timedelta(seconds=request.probe_interval_s)
+    if now < state.health_deadline:
+        return Decision(wait_until=min(state.health_deadline, next_probe))
+    # Past the deadline: Initializing means "keep waiting" until the grace period ends;
+    # anything else (Unhealthy, Unknown) has failed.
+    started = state.health_deadline - timedelta(seconds=request.health_timeout_s)
+    grace_end = started + timedelta(seconds=request.grace_period_s)
+    still_booting = [
+        i for i in waiting if state.instances[i].health == Health.INITIALIZING and now < grace_end
+    ]
+    failed = [i for i in waiting if i not in still_booting]
+    if failed:
+        waited = int((now - started).total_seconds())
         return Decision(
             tuple(
                 InstanceHealthTimeout(i, state.instances[i].health or Health.UNKNOWN, waited)
-                for i in waiting
+                for i in failed
             )
         )
-    next_probe = now + timedelta(seconds=request.probe_interval_s)
-    return Decision(wait_until=min(state.health_deadline, next_probe))
+    return Decision(wait_until=min(grace_end, next_probe))
 
 
 def _complete_batch(state: UpgradeState, now: datetime) -> Decision:
