@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Clock(Protocol):
@@ -54,8 +55,7 @@ def to_micros(when: datetime) -> int:
     """
     if when.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (UTC)")
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (when - _EPOCH) // _MICROSECOND
 
 
 def from_micros(micros: int) -> datetime:

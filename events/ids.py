@@ -21,6 +21,9 @@ def uuid7(unix_ms: int | None = None, random_bytes: bytes | None = None) -> uuid
     random bits come from a PRNG seeded from the OS: ids need uniqueness, not secrecy,
     and a system call per event would cost more than the rest of building it.
     """
+    if unix_ms is None and random_bytes is None:  # the hot path: no checks needed
+        value = (time.time_ns() // 1_000_000) << 80 | _fast_random.getrandbits(80) & _RANDOM_MASK
+        return _make(value | _VERSION_VARIANT)
     ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
     if not 0 <= ms < 1 << 48:
         raise ValueError("unix_ms must fit in 48 bits")
@@ -32,8 +35,20 @@ def uuid7(unix_ms: int | None = None, random_bytes: bytes | None = None) -> uuid
         tail = int.from_bytes(random_bytes, "big")
     rand_a = (tail >> 68) & 0x0FFF  # 12 bits
     rand_b = tail & ((1 << 62) - 1)  # 62 bits
-    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-    result = object.__new__(uuid.UUID)  # skips UUID.__init__'s parsing; value is valid
-    object.__setattr__(result, "int", value)
-    object.__setattr__(result, "is_safe", uuid.SafeUUID.unknown)
+    return _make((ms << 80) | _VERSION_VARIANT | (rand_a << 64) | rand_b)
+
+
+_VERSION_VARIANT = (0x7 << 76) | (0b10 << 62)
+_RANDOM_MASK = (0x0FFF << 64) | ((1 << 62) - 1)  # rand_a (12 bits) and rand_b (62 bits)
+_new = object.__new__
+_set = object.__setattr__
+_UUID = uuid.UUID
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _make(value: int) -> uuid.UUID:
+    """Build a UUID without ``UUID.__init__``'s parsing (the value is known valid)."""
+    result = _new(_UUID)
+    _set(result, "int", value)
+    _set(result, "is_safe", _UNKNOWN)
     return result

@@ -387,13 +387,15 @@ class SQLiteEventStore:
         recorded = to_micros(self._clock.now())
         for index, item in enumerate(group):
             try:
-                mine = {e.event_id: found[e.event_id] for e in item.batch if e.event_id in found}
-                original = retry_positions(item.stream_id, item.batch, mine)
-                if original is not None:
-                    plan.results[index] = original
-                    continue
+                if found:
+                    mine = {e.event_id: found[e.event_id] for e in item.batch if e.event_id in found}
+                    original = retry_positions(item.stream_id, item.batch, mine)
+                    if original is not None:
+                        plan.results[index] = original
+                        continue
                 key, version = plan.versions[item.stream_id]
-                check_expected(item.stream_id, item.expected, version)
+                if item.expected is not None and item.expected != version:
+                    check_expected(item.stream_id, item.expected, version)
             except EventStoreError as exc:
                 plan.results[index] = exc
                 continue

@@ -172,7 +172,9 @@ def build_request(
     if spec.health_extension is not None:
         source, interval = "extension", spec.health_extension.interval_s
         ext = spec.health_extension
-        grace = ext.grace_period_s if ext.grace_period_s is not None else interval * ext.number_of_probes
+        grace = ext.grace_period_s
+        if grace is None:
+            grace = interval * ext.number_of_probes
     elif spec.health_probe:
         source, interval = "probe", settings.probe_interval_s
     else:
