@@ -121,6 +121,7 @@ class VirtualClock:
         self._autojump = autojump
         self._jump_scheduled = False
         self._quiet = asyncio.Event()
+        self._activity = asyncio.Event()
 
     def now(self) -> datetime:
         """The simulated current time."""
@@ -135,11 +136,17 @@ class VirtualClock:
         """Mark the enclosed work as engine work: time stands still while it runs."""
         self._participants += 1
         self._quiet.clear()
+        self._activity.set()
         try:
             yield
         finally:
             self._participants -= 1
             self._check_quiet()
+
+    @property
+    def autojump(self) -> bool:
+        """Whether time jumps by itself when everything is parked."""
+        return self._autojump
 
     @property
     def busy(self) -> int:
@@ -173,6 +180,33 @@ class VirtualClock:
             await self._quiet.wait()
         await asyncio.sleep(0)
 
+    async def wait_stalled(self) -> None:
+        """Return when nothing can ever happen again: all parked and no timer pending.
+
+        Lets a test fail fast instead of hanging when it waits for something that the
+        engine will never do.
+        """
+        while True:
+            await self.wait_quiet()
+            if self.busy <= 0 and self.next_timer() is None:
+                return
+            self._activity.clear()
+            await self._activity.wait()
+
+    async def step(self) -> bool:
+        """Wait until quiet, then fire the earliest due timers; False if there are none.
+
+        With ``autojump=False`` this is how a test walks through a rollout one timer at
+        a time and looks at (or changes) the world in between.
+        """
+        await self.wait_quiet()
+        due = self.next_timer()
+        if due is None:
+            return False
+        self._fire_due(due)
+        await self.wait_quiet()
+        return True
+
     async def advance(self, seconds: float) -> datetime:
         """Move time forward by ``seconds``, firing every timer due on the way in order.
 
@@ -199,6 +233,7 @@ class VirtualClock:
 
     def _unpark(self, count: int) -> None:
         self._parked -= count
+        self._activity.set()
 
     def _check_quiet(self) -> None:
         if self.busy > 0:

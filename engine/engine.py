@@ -58,6 +58,10 @@ class WorkerCrashedError(RuntimeError):
     """A scale set worker stopped with an unexpected error."""
 
 
+class EngineStalledError(RuntimeError):
+    """Waited for something that cannot happen: every worker is idle and no timer is due."""
+
+
 @runtime_checkable
 class SimulationControl(Protocol):
     """Implemented by fleets that simulate image behaviour (``SimulatedFleet``)."""
@@ -364,22 +368,40 @@ class Engine:
     async def wait_for_upgrade(
         self, subscription: str, resource_group: str, name: str, upgrade_id: str | None = None
     ) -> UpgradeState:
-        """Wait (in engine time) until the given or the next upgrade has finished."""
+        """Wait (in engine time) until upgrade ``upgrade_id`` has finished, and return it.
+
+        Without an id: the running upgrade if there is one, else the last finished one,
+        else the first one to start and finish from now on.
+        """
         key = scale_set_key(subscription, resource_group, name)
+        target = upgrade_id
         while True:
             worker = self.scale_set(subscription, resource_group, name)
-            ids = worker.state.upgrades
-            target = upgrade_id or (ids[-1] if ids else None)
-            active = worker.upgrade
-            done = target is not None and (
-                active is None or active.request is None or active.request.upgrade_id != target
-            )
-            if done and target in ids:
+            if target is None:  # chosen once, then kept: later upgrades do not move it
+                active = worker.upgrade
+                if active is not None and active.request is not None:
+                    target = active.request.upgrade_id
+                elif worker.state.upgrades:
+                    target = worker.state.upgrades[-1]
+            if target in worker.state.upgrades and not _is_active(worker, target):
                 return await worker.read_upgrade(target)
             if self._failures:
                 raise WorkerCrashedError("a worker crashed") from self._failures[0]
             changed = self._changed.setdefault(key, asyncio.Event())
+            await self._wait_change(changed, f"no upgrade of {key} finishes")
+
+    async def _wait_change(self, changed: asyncio.Event, what: str) -> None:
+        """Wait for ``changed``; on a virtual clock, fail if the engine has stalled."""
+        if not isinstance(self.clock, VirtualClock):
             await changed.wait()
+            return
+        waiter = asyncio.ensure_future(changed.wait())
+        stalled = asyncio.ensure_future(self.clock.wait_stalled())
+        done, pending = await asyncio.wait({waiter, stalled}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if waiter not in done:
+            raise EngineStalledError(f"{what}: every worker is idle and no timer is pending")
 
     async def settle(self) -> None:
         """Wait until no worker has anything to do at the current engine time."""
@@ -418,6 +440,15 @@ async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Cat
     enabled = spec.policy.automatic.enable_automatic_os_upgrade
     newly = enabled and not old.policy.automatic.enable_automatic_os_upgrade
     await worker.append_set(ScaleSetModelUpdated(spec, newly, versions), actor="User")
+
+
+def _is_active(worker: ScaleSetWorker, upgrade_id: str) -> bool:
+    active = worker.upgrade
+    return (
+        active is not None
+        and active.request is not None
+        and active.request.upgrade_id == upgrade_id
+    )
 
 
 def _resolve_version(spec: ScaleSetSpec, catalog: Catalog) -> str:

@@ -130,6 +130,8 @@ class SimulatedFleet:
             return Health.UNKNOWN
         if machine.forced is not None:
             return machine.forced
+        if not spec.has_health_source:  # SPEC 2.2.4: running and extensions provisioned
+            return Health.HEALTHY
         profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
         if now < machine.booted_at + timedelta(seconds=profile.boot_seconds):
             return Health.INITIALIZING if spec.health_extension else Health.UNHEALTHY

@@ -285,8 +285,9 @@ class ScaleSetWorker:
         versions = dict(self.state.instance_versions)
         for instance_id, progress in upgrade.instances.items():
             versions[instance_id] = progress.version
+        left_failed = tuple(i for i, p in upgrade.instances.items() if p.failed_extensions)
         finished = ScaleSetUpgradeFinished(
-            upgrade.request.upgrade_id, upgrade.status.value, versions
+            upgrade.request.upgrade_id, upgrade.status.value, versions, left_failed
         )
         await self.append_set(finished)
         self.ctx.slots.release(upgrade.request.upgrade_id)

@@ -52,6 +52,7 @@ class ScaleSetState:
     upgrades: list[str] = field(default_factory=list)
     scheduled: AutomaticUpgradeScheduled | None = None
     left_failed: tuple[str, ...] = ()
+    not_retried: str | None = None  # a Platform upgrade to this version did not complete
     version: int = 0
 
     def apply(self, event: object, at: datetime) -> None:
@@ -83,6 +84,13 @@ class ScaleSetState:
                 self.platform_upgrades += 1
                 self.scheduled = None
         elif isinstance(event, ScaleSetUpgradeFinished):
+            active = self.active_upgrade
+            if active is not None and active.started_by == StartedBy.PLATFORM:
+                target = active.target_version
+                reached = event.status == "Completed" and all(
+                    v == target for v in event.instance_versions.values()
+                )
+                self.not_retried = None if reached else target
             self.active_upgrade = None
             self.instance_versions = dict(event.instance_versions)
             self.left_failed = event.left_failed
@@ -117,6 +125,8 @@ def schedule_automatic(
         return None
     if not any(version_key(v) < version_key(latest) for v in state.instance_versions.values()):
         return None
+    if state.not_retried is not None and version_key(latest) <= version_key(state.not_retried):
+        return None  # a failed automatic rollout is not retried; a newer version is
     if state.scheduled is not None and version_key(state.scheduled.target_version) >= version_key(
         latest
     ):
@@ -172,9 +182,9 @@ def build_request(
     if spec.health_extension is not None:
         source, interval = "extension", spec.health_extension.interval_s
         ext = spec.health_extension
-        grace = ext.grace_period_s
-        if grace is None:
-            grace = interval * ext.number_of_probes
+        grace = interval * ext.number_of_probes
+        if ext.grace_period_s is not None:
+            grace = ext.grace_period_s
     elif spec.health_probe:
         source, interval = "probe", settings.probe_interval_s
     else:
