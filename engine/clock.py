@@ -107,6 +107,26 @@ async def _parked(future: asyncio.Future[None], clock: VirtualClock | None) -> N
         raise
 
 
+class Participation:
+    """One participant's registration; released once, on exit or by ``release()``."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self._clock: VirtualClock | None = clock
+        clock._enter()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Stop counting as a participant (idempotent)."""
+        if self._clock is not None:
+            clock, self._clock = self._clock, None
+            clock._exit()
+
+
 class VirtualClock:
     """Simulated time that jumps to the next timer whenever all participants are parked."""
 
@@ -131,17 +151,22 @@ class VirtualClock:
         """A wake-up that keeps the parked/busy accounting exact."""
         return Signal(self)
 
-    @asynccontextmanager
-    async def participant(self) -> AsyncIterator[None]:
-        """Mark the enclosed work as engine work: time stands still while it runs."""
+    def participant(self) -> Participation:
+        """Mark work as engine work: time stands still while it runs (not parked).
+
+        It counts from this call on, not from ``async with``: a task created now but
+        not yet running must already hold time still.
+        """
+        return Participation(self)
+
+    def _enter(self) -> None:
         self._participants += 1
         self._quiet.clear()
         self._activity.set()
-        try:
-            yield
-        finally:
-            self._participants -= 1
-            self._check_quiet()
+
+    def _exit(self) -> None:
+        self._participants -= 1
+        self._check_quiet()
 
     @property
     def autojump(self) -> bool:
@@ -175,10 +200,13 @@ class VirtualClock:
 
     async def wait_quiet(self) -> None:
         """Wait until every participant is parked (the engine has nothing to do now)."""
-        while self.busy > 0:
-            self._quiet.clear()
-            await self._quiet.wait()
-        await asyncio.sleep(0)
+        while True:
+            while self.busy > 0:
+                self._quiet.clear()
+                await self._quiet.wait()
+            await asyncio.sleep(0)  # let a just-scheduled jump or wake-up land
+            if self.busy <= 0:
+                return
 
     async def wait_stalled(self) -> None:
         """Return when nothing can ever happen again: all parked and no timer pending.
@@ -211,13 +239,16 @@ class VirtualClock:
         """Move time forward by ``seconds``, firing every timer due on the way in order.
 
         After each step it waits until the engine is quiet again, so everything due by
-        the new time has been done when this returns.
+        the new time has been done when this returns. (With autojump on, time may run
+        further by itself; ``advance`` then only guarantees "at least".)
         """
         target = self._now + timedelta(seconds=seconds)
-        await self.wait_quiet()
-        while (due := self.next_timer()) is not None and due <= target:
-            self._fire_due(due)
+        while True:
             await self.wait_quiet()
+            due = self.next_timer()
+            if due is None or due > target:
+                break
+            self._fire_due(due)
         self._now = max(self._now, target)
         return self._now
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from engine.clock import EngineClock, VirtualClock
+from engine.clock import EngineClock, Participation, VirtualClock
 from engine.domain.catalog import Catalog
 from engine.domain.events import (
     DOMAIN_EVENTS,
@@ -154,9 +154,12 @@ class Engine:
     def _spawn(self, key: str) -> ScaleSetWorker:
         worker = ScaleSetWorker(self._ctx, key)
         self._workers[key] = worker
-        task = asyncio.create_task(worker.run(), name=f"worker:{key}")
+        participation = self.clock.participant()  # counts now, before the task runs
+        task = asyncio.create_task(worker.run(participation), name=f"worker:{key}")
         self._tasks[key] = task
         task.add_done_callback(lambda t: self._worker_done(key, t))
+        if isinstance(participation, Participation):
+            task.add_done_callback(lambda _: participation.release())
         return worker
 
     def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -153,9 +154,9 @@ class ScaleSetWorker:
             state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
         return state
 
-    async def run(self) -> None:
+    async def run(self, participation: AbstractAsyncContextManager[None] | None = None) -> None:
         """Work until the scale set is deleted (or the task is cancelled)."""
-        async with self.ctx.clock.participant():
+        async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
             await self.load()
             while not self.state.deleted:

@@ -1,0 +1,163 @@
+"""The pure decider's boundaries, without an engine: state + health + time -> events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from engine.domain.events import (
+    BatchStarted,
+    HealthWaitStarted,
+    InstanceHealthTimeout,
+    InstanceHealthy,
+    InstanceReimaged,
+    InstanceReimageStarted,
+    PreCheckPassed,
+    UpgradeFaulted,
+    UpgradeRequested,
+)
+from engine.domain.model import Health, ImageReference, RollingUpgradePolicy, StartedBy
+from engine.domain.upgrade import BEFORE, UpgradeState, batch_size, decide, exceeds
+
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def request(n: int, **policy: int | bool) -> UpgradeRequested:
+    return UpgradeRequested(
+        upgrade_id="u1",
+        scale_set="s/r/n",
+        location="westeurope",
+        started_by=StartedBy.PLATFORM,
+        target=ImageReference("p", "o", "s", "2.0.0"),
+        policy=RollingUpgradePolicy(**policy),  # type: ignore[arg-type]
+        automatic_rollback=True,
+        deferral=False,
+        health_source="probe",
+        instance_versions={str(i): "1.0.0" for i in range(n)},
+        zones={},
+        update_domains={str(i): i % 5 for i in range(n)},
+        service_fabric=False,
+        health_timeout_s=300,
+        probe_interval_s=5,
+    )
+
+
+def healthy(n: int, unhealthy: int = 0) -> dict[str, Health]:
+    return {str(i): Health.UNHEALTHY if i < unhealthy else Health.HEALTHY for i in range(n)}
+
+
+def state_after(*events: object) -> UpgradeState:
+    state = UpgradeState()
+    for event in events:
+        state.apply(event, NOW)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("n", "size"), [(1, 1), (4, 1), (5, 1), (6, 1), (9, 1), (10, 2), (11, 2), (99, 19), (100, 20)]
+)
+def test_batch_size(n: int, size: int) -> None:
+    assert batch_size(n, 20) == size
+
+
+@pytest.mark.parametrize(
+    ("count", "total", "limit", "over"),
+    [
+        (20, 100, 20, False),
+        (21, 100, 20, True),
+        (1, 5, 20, False),
+        (2, 5, 20, True),
+        (0, 10, 0, False),
+        (1, 10, 0, True),
+        (10, 10, 100, False),
+        (0, 0, 20, False),
+    ],
+)
+def test_more_than_is_strict(count: int, total: int, limit: int, over: bool) -> None:
+    assert exceeds(count, total, limit) is over
+
+
+def test_precheck_boundary_and_its_inputs_are_recorded() -> None:
+    ok = decide(state_after(request(10)), healthy(10, unhealthy=2), NOW)
+    assert ok.events == (PreCheckPassed(2, 10, 20),)
+    bad = decide(state_after(request(10)), healthy(10, unhealthy=3), NOW)
+    (fault,) = bad.events
+    assert isinstance(fault, UpgradeFaulted)
+    assert (fault.code, fault.numerator, fault.denominator, fault.limit_percent) == (
+        BEFORE,
+        3,
+        10,
+        20,
+    )
+
+
+def test_initializing_counts_as_unhealthy_in_the_whole_set_checks() -> None:
+    health = healthy(10, unhealthy=2)
+    assert isinstance(decide(state_after(request(10)), health, NOW).events[0], PreCheckPassed)
+    health["9"] = Health.INITIALIZING  # 3 of 10 not Healthy: more than 20 %
+    (fault,) = decide(state_after(request(10)), health, NOW).events
+    assert isinstance(fault, UpgradeFaulted)
+    assert (fault.numerator, fault.denominator) == (3, 10)
+
+
+def test_first_batch_records_members_reason_and_intents() -> None:
+    state = state_after(request(10), PreCheckPassed(0, 10, 20))
+    events = decide(state, healthy(10), NOW).events
+    assert isinstance(events[0], BatchStarted)
+    assert events[0].members == ("0", "1")
+    assert events[1:] == (
+        InstanceReimageStarted("0", "1.0.0", "2.0.0"),
+        InstanceReimageStarted("1", "1.0.0", "2.0.0"),
+    )
+
+
+def _waiting(n: int = 1) -> UpgradeState:
+    req = request(n)
+    members = tuple(str(i) for i in range(n))
+    return state_after(
+        req,
+        PreCheckPassed(0, n, 20),
+        BatchStarted(0, members, 1, "x", 0, n),
+        *(InstanceReimageStarted(i, "1.0.0", "2.0.0") for i in members),
+        *(InstanceReimaged(i, "2.0.0") for i in members),
+        HealthWaitStarted(members, NOW + timedelta(minutes=5)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("offset", "outcome"),
+    [
+        (timedelta(minutes=5), InstanceHealthy),
+        (timedelta(minutes=5, seconds=1), InstanceHealthTimeout),
+    ],
+)
+def test_five_minutes_vs_five_minutes_and_one_second(offset: timedelta, outcome: type) -> None:
+    state = _waiting()
+    state.instances["0"].health = Health.UNHEALTHY  # recorded as unhealthy while booting
+    assert decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(minutes=4)).wait_until is not None
+    # ... then healthy exactly at the deadline, or one second after it
+    if outcome is InstanceHealthy:
+        (event,) = decide(state, {"0": Health.HEALTHY}, NOW + offset).events
+    else:
+        (event,) = decide(state, {"0": Health.UNHEALTHY}, NOW + offset).events
+    assert isinstance(event, outcome)
+
+
+def test_the_decider_waits_for_the_next_probe_or_the_deadline() -> None:
+    state = _waiting()
+    state.instances["0"].health = Health.UNHEALTHY
+    decision = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=298))
+    assert decision.events == ()
+    assert decision.wait_until == NOW + timedelta(minutes=5)  # deadline before next probe
+    early = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=10))
+    assert early.wait_until == NOW + timedelta(seconds=15)
+
+
+def test_decide_is_pure() -> None:
+    state = _waiting(2)
+    health = {"0": Health.HEALTHY, "1": Health.INITIALIZING}
+    first = decide(state, health, NOW + timedelta(seconds=30))
+    second = decide(state, health, NOW + timedelta(seconds=30))
+    assert first == second
+    assert state.instances["0"].phase == "waiting"  # deciding changed nothing
