@@ -419,6 +419,9 @@ def _health_step(
     if state.health_deadline is None:
         deadline = now + timedelta(seconds=request.health_timeout_s)
         return Decision((HealthWaitStarted(tuple(waiting), deadline),))
+    between = _between_probes(state, now)
+    if between is not None:
+        return Decision(wait_until=between)
     events: list[object] = []
     for instance_id in waiting:
         observed = health.get(instance_id, Health.UNKNOWN)
@@ -428,7 +431,7 @@ def _health_step(
             events.append(InstanceHealthChanged(instance_id, observed))
     if events:
         return Decision(tuple(events))
-    next_probe = now + timedelta(seconds=request.probe_interval_s)
+    next_probe = _next_probe(state, now)
     if now < state.health_deadline:
         return Decision(wait_until=min(state.health_deadline, next_probe))
     # Past the deadline: Initializing means "keep waiting" until the grace period ends;
@@ -448,6 +451,42 @@ def _health_step(
             )
         )
     return Decision(wait_until=min(grace_end, next_probe))
+
+
+_MICRO = timedelta(microseconds=1)
+
+
+def _probe_grid(state: UpgradeState, now: datetime) -> tuple[datetime, int, int]:
+    assert state.request is not None and state.health_deadline is not None
+    started = state.health_deadline - timedelta(seconds=state.request.health_timeout_s)
+    interval = state.request.probe_interval_s * 1_000_000
+    return started, (now - started) // _MICRO, interval
+
+
+def _next_probe(state: UpgradeState, now: datetime) -> datetime:
+    """The next probe time on the grid anchored at the (durable) start of the wait."""
+    started, elapsed, interval = _probe_grid(state, now)
+    return started + _MICRO * ((elapsed // interval + 1) * interval)
+
+
+def _between_probes(state: UpgradeState, now: datetime) -> datetime | None:
+    """If ``now`` is not a probe time, the next one; None if it is.
+
+    Health is only looked at on this grid (plus the deadline and the end of the grace
+    period), so a worker restarted at any moment makes its observations at the same
+    times as one that never stopped.
+    """
+    request, deadline = state.request, state.health_deadline
+    assert request is not None and deadline is not None
+    started, elapsed, interval = _probe_grid(state, now)
+    grace_end = started + timedelta(seconds=request.grace_period_s)
+    if now in (deadline, grace_end) or elapsed % interval == 0:
+        return None
+    nxt = started + _MICRO * (-(-elapsed // interval) * interval)
+    for boundary in (deadline, grace_end):
+        if now < boundary < nxt:
+            nxt = boundary
+    return nxt
 
 
 def _complete_batch(state: UpgradeState, now: datetime) -> Decision:

@@ -125,33 +125,30 @@ def _waiting(n: int = 1) -> UpgradeState:
     )
 
 
-@pytest.mark.parametrize(
-    ("offset", "outcome"),
-    [
-        (timedelta(minutes=5), InstanceHealthy),
-        (timedelta(minutes=5, seconds=1), InstanceHealthTimeout),
-    ],
-)
-def test_five_minutes_vs_five_minutes_and_one_second(offset: timedelta, outcome: type) -> None:
+def test_five_minutes_vs_five_minutes_and_one_second() -> None:
     state = _waiting()
     state.instances["0"].health = Health.UNHEALTHY  # recorded as unhealthy while booting
-    assert decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(minutes=4)).wait_until is not None
-    # ... then healthy exactly at the deadline, or one second after it
-    if outcome is InstanceHealthy:
-        (event,) = decide(state, {"0": Health.HEALTHY}, NOW + offset).events
-    else:
-        (event,) = decide(state, {"0": Health.UNHEALTHY}, NOW + offset).events
-    assert isinstance(event, outcome)
+    deadline = NOW + timedelta(minutes=5)
+    before = decide(state, {"0": Health.UNHEALTHY}, deadline - timedelta(seconds=5))
+    assert before.wait_until == deadline
+    (healthy_at_deadline,) = decide(state, {"0": Health.HEALTHY}, deadline).events
+    assert isinstance(healthy_at_deadline, InstanceHealthy)
+    (timed_out,) = decide(state, {"0": Health.UNHEALTHY}, deadline).events
+    assert isinstance(timed_out, InstanceHealthTimeout)
+    assert timed_out.waited_s == 300
+    # between probes nothing is observed, healthy or not: the next look is on the grid
+    later = decide(state, {"0": Health.HEALTHY}, deadline + timedelta(seconds=1))
+    assert later.events == ()
+    assert later.wait_until == deadline + timedelta(seconds=5)
 
 
 def test_the_decider_waits_for_the_next_probe_or_the_deadline() -> None:
     state = _waiting()
     state.instances["0"].health = Health.UNHEALTHY
-    decision = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=298))
-    assert decision.events == ()
-    assert decision.wait_until == NOW + timedelta(minutes=5)  # deadline before next probe
-    early = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=10))
-    assert early.wait_until == NOW + timedelta(seconds=15)
+    on_grid = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=10))
+    assert (on_grid.events, on_grid.wait_until) == ((), NOW + timedelta(seconds=15))
+    off_grid = decide(state, {"0": Health.HEALTHY}, NOW + timedelta(seconds=12))
+    assert (off_grid.events, off_grid.wait_until) == ((), NOW + timedelta(seconds=15))
 
 
 def test_decide_is_pure() -> None:
