@@ -378,12 +378,13 @@ class Engine:
         """
         key = scale_set_key(subscription, resource_group, name)
         target = upgrade_id
+        await self.scale_set(subscription, resource_group, name).loaded.wait()
         while True:
             worker = self.scale_set(subscription, resource_group, name)
             if target is None:  # chosen once, then kept: later upgrades do not move it
-                active = worker.upgrade
-                if active is not None and active.request is not None:
-                    target = active.request.upgrade_id
+                active = worker.state.active_upgrade
+                if active is not None:
+                    target = active.upgrade_id
                 elif worker.state.upgrades:
                     target = worker.state.upgrades[-1]
             if target in worker.state.upgrades and not _is_active(worker, target):
@@ -446,12 +447,9 @@ async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Cat
 
 
 def _is_active(worker: ScaleSetWorker, upgrade_id: str) -> bool:
-    active = worker.upgrade
-    return (
-        active is not None
-        and active.request is not None
-        and active.request.upgrade_id == upgrade_id
-    )
+    """Still running by the scale set's own stream (not yet ``upgrade_finished``)."""
+    active = worker.state.active_upgrade
+    return active is not None and active.upgrade_id == upgrade_id
 
 
 def _resolve_version(spec: ScaleSetSpec, catalog: Catalog) -> str:

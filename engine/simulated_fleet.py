@@ -9,9 +9,13 @@ concurrent workers happen to call.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
 
 from engine.clock import EngineClock
 from engine.domain.events import SimulationProfile
@@ -43,6 +47,46 @@ class SimulatedFleet:
     profiles: dict[str, SimulationProfile] = field(default_factory=dict)
     instances: dict[tuple[str, str], SimulatedInstance] = field(default_factory=dict)
     operations: dict[str, ReimageOutcome | RestoreOutcome] = field(default_factory=dict)
+    journal: Path | None = None
+    """If set, every machine change is appended (and fsynced) here before the call
+    returns, and replayed on start: the simulated machines outlive a killed engine."""
+    _replayed: dict[tuple[str, str], tuple[str, datetime, int, int]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.journal is not None and self.journal.exists():
+            for line in self.journal.read_bytes().splitlines():
+                if line.strip():
+                    self._replay(orjson.loads(line))
+
+    def _replay(self, entry: dict[str, object]) -> None:
+        key = (str(entry["key"]), str(entry["instance"]))
+        _, _, reimages, restores = self._replayed.get(key, ("", datetime.min, 0, 0))
+        ok = bool(entry["ok"])
+        if entry["op"] == "reimage":
+            self.operations[str(entry["id"])] = ReimageOutcome(
+                ok,
+                str(entry["error"]),
+                tuple(entry["failed_extensions"]),  # type: ignore[arg-type]
+            )
+            reimages += int(ok)
+        else:
+            self.operations[str(entry["id"])] = RestoreOutcome(ok, str(entry["error"]))
+            restores += int(ok)
+        if ok:
+            at = datetime.fromisoformat(str(entry["at"]))
+            self._replayed[key] = (str(entry["version"]), at, reimages, restores)
+
+    def _record(self, entry: dict[str, object]) -> None:
+        if self.journal is None:
+            return
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, orjson.dumps(entry) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def set_profile(self, version: str, profile: SimulationProfile) -> None:
         """Say how instances behave on ``version`` (from the publish request)."""
@@ -65,7 +109,7 @@ class SimulatedFleet:
     async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
         """Create the machines that do not exist yet, already booted."""
         for instance_id, version in versions.items():
-            self.instances.setdefault(
+            machine = self.instances.setdefault(
                 (spec.key, instance_id),
                 SimulatedInstance(
                     version=version,
@@ -74,6 +118,9 @@ class SimulatedFleet:
                     sku=spec.sku,
                 ),
             )
+            replayed = self._replayed.pop((spec.key, instance_id), None)
+            if replayed is not None:  # the journal knows better than the model
+                machine.version, machine.booted_at, machine.reimages, machine.restores = replayed
 
     async def reimage(
         self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
@@ -99,6 +146,11 @@ class SimulatedFleet:
             )
             outcome = ReimageOutcome(ok=True, failed_extensions=expired)
         self.operations[operation_id] = outcome
+        self._record(
+            {"op": "reimage", "id": operation_id, "key": spec.key, "instance": instance_id,
+             "version": image.version, "at": self.clock.now().isoformat(), "ok": outcome.ok,
+             "error": outcome.error, "failed_extensions": list(outcome.failed_extensions)}
+        )  # fmt: skip
         return outcome
 
     async def restore(
@@ -115,6 +167,10 @@ class SimulatedFleet:
         machine.restores += 1
         outcome = RestoreOutcome(ok=True)
         self.operations[operation_id] = outcome
+        self._record(
+            {"op": "restore", "id": operation_id, "key": spec.key, "instance": instance_id,
+             "version": version, "at": self.clock.now().isoformat(), "ok": True, "error": ""}
+        )  # fmt: skip
         return outcome
 
     async def read_health(

@@ -79,6 +79,7 @@ class ScaleSetWorker:
         self.state = ScaleSetState()
         self.upgrade: UpgradeState | None = None
         self.upgrade_history: dict[str, UpgradeState] = {}
+        self.loaded = asyncio.Event()  # set once the streams have been folded
         self._inbox: deque[_Request] = deque()
         self._wake = ctx.clock.signal()
         self._log = log.bind(scale_set=key)
@@ -159,6 +160,8 @@ class ScaleSetWorker:
         async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
             await self.load()
+            self.loaded.set()
+            self.ctx.on_change(self.key)
             while not self.state.deleted:
                 await self.step()
 
