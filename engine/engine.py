@@ -388,6 +388,7 @@ class Engine:
                 elif worker.state.upgrades:
                     target = worker.state.upgrades[-1]
             if target in worker.state.upgrades and not _is_active(worker, target):
+                await worker.durable()  # the worker decides ahead of its commits
                 return await worker.read_upgrade(target)
             if self._failures:
                 raise WorkerCrashedError("a worker crashed") from self._failures[0]

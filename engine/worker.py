@@ -80,6 +80,9 @@ class ScaleSetWorker:
         self.upgrade: UpgradeState | None = None
         self.upgrade_history: dict[str, UpgradeState] = {}
         self.loaded = asyncio.Event()  # set once the streams have been folded
+        self._inflight: list[asyncio.Future[list[int]]] = []
+        self._durable = asyncio.Event()  # set while nothing appended is uncommitted
+        self._durable.set()
         self._inbox: deque[_Request] = deque()
         self._wake = ctx.clock.signal()
         self._log = log.bind(scale_set=key)
@@ -117,16 +120,47 @@ class ScaleSetWorker:
         target: ScaleSetState | UpgradeState,
         actor: str,
     ) -> None:
+        """Queue the events for the group commit and fold them in at once.
+
+        The commit is awaited later, in ``flush``: before any side effect, before a
+        command is answered and before the worker waits. Consecutive decisions of one
+        step thus share one commit, and the log still holds every intent before the
+        fleet is touched. (The worker is the only writer of its streams, so the
+        expected versions it computes ahead hold; if one did not, the worker stops.)
+        """
         now = self.ctx.clock.now()
         meta = Metadata(correlation_id=self.key, actor=actor)
         new = [DOMAIN_EVENTS.to_new_event(e, metadata=meta, occurred_at=now) for e in events]
-        positions = await self.ctx.store.append(stream, new, expected)
+        future = asyncio.ensure_future(self.ctx.store.append(stream, new, expected))
+        future.add_done_callback(self._committed)
+        self._inflight.append(future)
+        self._durable.clear()
         for event in events:
             target.apply(event, now)
-        self._log.debug(
-            "recorded", stream=stream, types=[n.type for n in new], position=positions[-1]
-        )
+        self._log.debug("recorded", stream=stream, types=[n.type for n in new])
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed, then tell waiters."""
+        if not self._inflight:
+            return
+        inflight, self._inflight = self._inflight, []
+        results = await asyncio.gather(*inflight, return_exceptions=True)
+        if not self._inflight:
+            self._durable.set()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         self.ctx.on_change(self.key)
+
+    def _committed(self, future: asyncio.Future[list[int]]) -> None:
+        if all(f.done() for f in self._inflight):
+            self._durable.set()
+        self.ctx.on_change(self.key)
+
+    async def durable(self) -> None:
+        """Wait until everything the worker has decided so far is in the log."""
+        while not self._durable.is_set():
+            await self._durable.wait()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -160,10 +194,12 @@ class ScaleSetWorker:
         async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
             await self.load()
+            await self.flush()
             self.loaded.set()
             self.ctx.on_change(self.key)
             while not self.state.deleted:
                 await self.step()
+            await self.flush()
 
     async def step(self) -> None:
         """Do one thing: a command, an upgrade step, a schedule, or wait."""
@@ -180,7 +216,11 @@ class ScaleSetWorker:
         await self._wait(due)
 
     async def _wait(self, until: datetime | None) -> None:
+        # Waiting on a timer does not need the commit: appends commit in order, and
+        # whatever a crash loses is decided again from the log at the same times. Not
+        # waiting lets the commits of many instants share one group commit.
         if until is None:
+            await self.flush()
             await self._wake.wait()
         else:
             await self.ctx.clock.sleep_until(until, self._wake)
@@ -188,6 +228,7 @@ class ScaleSetWorker:
     async def _handle(self, request: _Request) -> None:
         try:
             result = await request.command(self)
+            await self.flush()
         except Exception as exc:  # noqa: BLE001 - the caller gets its own error back
             if not request.reply.done():
                 request.reply.set_exception(exc)
@@ -260,6 +301,7 @@ class ScaleSetWorker:
         self, effects: Sequence[InstanceReimageStarted | InstanceRollbackStarted]
     ) -> None:
         """Run the recorded intents against the fleet, then record every result."""
+        await self.flush()  # intents are durable before the fleet is touched
         spec = self.state.spec
         upgrade = self.upgrade
         assert spec is not None and upgrade is not None and upgrade.request is not None

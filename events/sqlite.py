@@ -343,7 +343,7 @@ class SQLiteEventStore:
                 await conn.execute("BEGIN IMMEDIATE")
                 await self._sync_tail(conn)
             versions = await self._load_versions(conn, {item.stream_id for item in group})
-            if not careful and any(_conflicts(item, versions) for item in group):
+            if not careful and _conflicts(group, versions):
                 # A conflict may be real, may be a retry, or may come from a stale
                 # cache: only the careful path can tell them apart.
                 await self._commit_group(group, careful=True)
@@ -388,7 +388,9 @@ class SQLiteEventStore:
         for index, item in enumerate(group):
             try:
                 if found:
-                    mine = {e.event_id: found[e.event_id] for e in item.batch if e.event_id in found}
+                    mine = {
+                        e.event_id: found[e.event_id] for e in item.batch if e.event_id in found
+                    }
                     original = retry_positions(item.stream_id, item.batch, mine)
                     if original is not None:
                         plan.results[index] = original
@@ -641,8 +643,19 @@ class SQLiteEventStore:
         return report
 
 
-def _conflicts(item: _Append, versions: dict[str, tuple[int, int]]) -> bool:
-    return item.expected is not None and item.expected != versions[item.stream_id][1]
+def _conflicts(group: list[_Append], versions: dict[str, tuple[int, int]]) -> bool:
+    """True if an append expects another version than the group would leave it at.
+
+    Walks the group in order, so a caller may queue several appends to one stream
+    (each expecting the version the previous one produces) and still take the fast path.
+    """
+    current = {name: version for name, (_, version) in versions.items()}
+    for item in group:
+        actual = current[item.stream_id]
+        if item.expected is not None and item.expected != actual:
+            return True
+        current[item.stream_id] = actual + len(item.batch)
+    return False
 
 
 def _settle(future: asyncio.Future[list[int]], result: list[int] | BaseException) -> None:
