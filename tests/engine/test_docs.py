@@ -21,6 +21,6 @@ def test_the_embedding_example_in_docs_runs() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    status, started, ended = result.stdout.strip().splitlines()[-1].split(" ", 2)
+    status, started, _ended = result.stdout.strip().splitlines()[-1].split(" ", 2)
     assert status in {"Completed", "Faulted"}
     assert started.startswith("2026-01-01")
