@@ -383,7 +383,7 @@ def plan_batch(
         members = [i for i in order if request.update_domains[i] == domain]
         return tuple(members), len(members), f"update domain {domain}"
     if request.zones and not policy.enable_cross_zone_upgrade:
-        zone = request.zones[order[0]]
+        zone = min(request.zones[i] for i in order)  # finish a zone before the next
         order = [i for i in order if request.zones[i] == zone]
         reason += f", zone {zone or 'regional'}"
     return tuple(order[:size]), size, reason
@@ -500,6 +500,8 @@ def _complete_batch(state: UpgradeState, now: datetime) -> Decision:
     done = BatchCompleted(
         state.batches_started - 1, succeeded, failed, processed, failed_total, limit
     )
+    if state.cancel_requested:  # SPEC 2.2.8: the running batch finishes, then Cancelled
+        return Decision((done,))
     if state.extension_failures:
         message = (
             f"{state.extension_failures} instance(s) failed to provision extensions after the "
