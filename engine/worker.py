@@ -137,7 +137,7 @@ class ScaleSetWorker:
         self._durable.clear()
         for event in events:
             target.apply(event, now)
-        self._log.debug("recorded", stream=stream, types=[n.type for n in new])
+        self._log.debug("decided", stream=stream, types=[n.type for n in new])
 
     async def flush(self) -> None:
         """Wait until everything appended so far is committed, then tell waiters."""
@@ -155,6 +155,8 @@ class ScaleSetWorker:
     def _committed(self, future: asyncio.Future[list[int]]) -> None:
         if all(f.done() for f in self._inflight):
             self._durable.set()
+        if not future.cancelled() and future.exception() is None:
+            self._log.debug("committed", position=future.result()[-1])
         self.ctx.on_change(self.key)
 
     async def durable(self) -> None:
