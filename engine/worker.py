@@ -81,6 +81,7 @@ class ScaleSetWorker:
         self.upgrade_history: dict[str, UpgradeState] = {}
         self.loaded = asyncio.Event()  # set once the streams have been folded
         self._inflight: list[asyncio.Future[list[int]]] = []
+        self._append_error: BaseException | None = None
         self._durable = asyncio.Event()  # set while nothing appended is uncommitted
         self._durable.set()
         self._inbox: deque[_Request] = deque()
@@ -140,23 +141,25 @@ class ScaleSetWorker:
         self._log.debug("decided", stream=stream, types=[n.type for n in new])
 
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed, then tell waiters."""
-        if not self._inflight:
-            return
-        inflight, self._inflight = self._inflight, []
-        results = await asyncio.gather(*inflight, return_exceptions=True)
-        if not self._inflight:
-            self._durable.set()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        self.ctx.on_change(self.key)
+        """Wait until everything appended so far is committed; raise if an append failed."""
+        pending = list(self._inflight)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._append_error is not None:
+            raise self._append_error
 
     def _committed(self, future: asyncio.Future[list[int]]) -> None:
-        if all(f.done() for f in self._inflight):
-            self._durable.set()
-        if not future.cancelled() and future.exception() is None:
+        # Each future leaves the in-flight list only here, when it is done, so
+        # "nothing in flight" really means "everything decided is in the log".
+        self._inflight.remove(future)
+        if future.cancelled():
+            self._append_error = self._append_error or asyncio.CancelledError()
+        elif future.exception() is not None:
+            self._append_error = self._append_error or future.exception()
+        else:
             self._log.debug("committed", position=future.result()[-1])
+        if not self._inflight:
+            self._durable.set()
         self.ctx.on_change(self.key)
 
     async def durable(self) -> None:
