@@ -1,0 +1,234 @@
+"""Stored, checkpointed projections: the fleet read model kept in SQLite tables.
+
+The runner follows the log with a catch-up subscription and, for each page of events,
+writes the rows it changed **and** its checkpoint in one transaction: after a crash it
+resumes from the checkpoint with exactly the rows that belong to it, so reprocessing
+changes nothing. Readers can wait until the projection has reached a position, and the
+lag (head minus checkpoint) is observable. ``rebuild()`` drops everything and folds the
+log again from position 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+import structlog
+
+from events import EventStore, RecordedEvent
+from events.head_watch import HeadWatch
+from projections.fleet_view import FleetView, InstanceView
+from projections.upgrade_view import UpgradeView
+
+NAME = "fleet"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
+    " name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS projection_upgrades ("
+    " upgrade_id TEXT PRIMARY KEY, scale_set TEXT NOT NULL, state BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS projection_scale_sets ("
+    " key TEXT PRIMARY KEY, upgrade_ids BLOB NOT NULL, instances BLOB NOT NULL)",
+)
+
+log = structlog.get_logger("osupgrade.projections")
+
+
+class ProjectionStoppedError(RuntimeError):
+    """The runner stopped or failed before reaching the awaited position."""
+
+
+def upgrade_row(view: UpgradeView) -> tuple[str, str, bytes]:
+    """The stored form of one upgrade's view."""
+    return view.upgrade_id, view.scale_set, orjson.dumps(dataclasses.asdict(view))
+
+
+def upgrade_from_row(state: bytes) -> UpgradeView:
+    """Rebuild an upgrade's view from its stored form."""
+    data: dict[str, Any] = orjson.loads(state)
+    for name in ("start_time", "end_time", "last_action_time"):
+        if data[name] is not None:
+            data[name] = datetime.fromisoformat(data[name])
+    return UpgradeView(**data)
+
+
+def scale_set_row(view: FleetView, key: str) -> tuple[str, bytes, bytes]:
+    """The stored form of one scale set's upgrade list and instances."""
+    instances = {i: dataclasses.asdict(v) for i, v in view.instances.get(key, {}).items()}
+    return key, orjson.dumps(view.scale_sets.get(key, [])), orjson.dumps(instances)
+
+
+async def load_view(conn: aiosqlite.Connection) -> tuple[FleetView, int]:
+    """The stored projection and its checkpoint (an empty view at 0 if none)."""
+    view = FleetView()
+    rows = await conn.execute_fetchall(
+        "SELECT position FROM projection_checkpoints WHERE name = ?", (NAME,)
+    )
+    position = next(iter(rows))[0] if rows else 0
+    for _, state in await conn.execute_fetchall(
+        "SELECT upgrade_id, state FROM projection_upgrades"
+    ):
+        upgrade = upgrade_from_row(state)
+        view.upgrades[upgrade.upgrade_id] = upgrade
+    for key, ids, instances in await conn.execute_fetchall(
+        "SELECT key, upgrade_ids, instances FROM projection_scale_sets"
+    ):
+        view.scale_sets[key] = orjson.loads(ids)
+        view.instances[key] = {i: InstanceView(**v) for i, v in orjson.loads(instances).items()}
+    view.position = position
+    return view, position
+
+
+class ProjectionRunner:
+    """Keeps the fleet projection's tables in ``path`` up to date with ``store``."""
+
+    def __init__(self, store: EventStore, path: str | Path, *, batch_size: int = 1000) -> None:
+        self.store = store
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.view = FleetView()
+        self._conn: aiosqlite.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._watch = HeadWatch()
+
+    async def __aenter__(self) -> ProjectionRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def checkpoint(self) -> int:
+        """The position up to which the stored rows are complete."""
+        return self._watch.head
+
+    async def lag(self) -> int:
+        """How many positions the projection is behind the log's head."""
+        return max(0, await self.store.head() - self.checkpoint)
+
+    async def start(self) -> None:
+        """Open the tables, load the stored state and follow the log from the checkpoint."""
+        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._conn.execute("PRAGMA busy_timeout = 10000")
+        for statement in _SCHEMA:
+            await self._conn.execute(statement)
+        self.view, position = await load_view(self._conn)
+        self._watch = HeadWatch(position)
+        self._task = asyncio.create_task(self._follow(position), name="projection:fleet")
+
+    async def stop(self) -> None:
+        """Stop following (the stored rows stay consistent with the checkpoint)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task  # a failure was already raised to wait_for() callers
+        self._watch.close()
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def wait_for(self, position: int) -> None:
+        """Return once the projection has folded everything up to ``position``.
+
+        Raises ``ProjectionStoppedError`` if the runner stops (or fails) first.
+        """
+        if self._task is None:
+            raise ProjectionStoppedError("the projection runner is not running")
+        waiter = asyncio.ensure_future(self._watch.wait_until(position))
+        done, _ = await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            waiter.result()
+            return
+        waiter.cancel()
+        failure = None if self._task.cancelled() else self._task.exception()
+        raise ProjectionStoppedError(f"the projection stopped at {self.checkpoint}") from failure
+
+    async def _follow(self, after: int) -> None:
+        subscription = self.store.subscribe(after=after, batch_size=self.batch_size)
+        async for page in subscription.batches():
+            await self._apply(page, subscription.position)
+
+    async def _apply(self, page: list[RecordedEvent], checkpoint: int) -> None:
+        assert self._conn is not None
+        touched_upgrades: set[str] = set()
+        touched_sets: set[str] = set()
+        for event in page:
+            self.view.apply(event)
+            if event.stream_id.startswith("upgrade-"):
+                upgrade_id = event.stream_id.removeprefix("upgrade-")
+                touched_upgrades.add(upgrade_id)
+                touched_sets.add(self.view.upgrades[upgrade_id].scale_set)
+            elif event.stream_id.startswith("vmss-"):
+                touched_sets.add(event.stream_id.removeprefix("vmss-"))
+        try:
+            await self._write(touched_upgrades, touched_sets, checkpoint)
+        except BaseException:
+            # The rows were not written: forget what was folded and start over from
+            # the stored state, so memory never runs ahead of the tables.
+            self.view, _ = await load_view(self._conn)
+            raise
+        self._watch.advance(checkpoint)
+
+    async def _write(self, upgrades: set[str], sets: set[str], checkpoint: int) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.executemany(
+                "INSERT OR REPLACE INTO projection_upgrades VALUES (?, ?, ?)",
+                [upgrade_row(self.view.upgrades[u]) for u in sorted(upgrades)],
+            )
+            live = [k for k in sorted(sets) if k in self.view.scale_sets]
+            gone = [(k,) for k in sorted(sets) if k not in self.view.scale_sets]
+            await conn.executemany(
+                "INSERT OR REPLACE INTO projection_scale_sets VALUES (?, ?, ?)",
+                [scale_set_row(self.view, k) for k in live],
+            )
+            await conn.executemany("DELETE FROM projection_scale_sets WHERE key = ?", gone)
+            await conn.execute(
+                "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)", (NAME, checkpoint)
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+
+    async def rebuild(self) -> None:
+        """Drop the stored rows and checkpoint, then fold the whole log again."""
+        await self.stop()
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for table in ("projection_upgrades", "projection_scale_sets", "projection_checkpoints"):
+                await conn.execute(f"DELETE FROM {table}")
+            await conn.execute("COMMIT")
+        finally:
+            await conn.close()
+        log.info("projection rebuild started", name=NAME)
+        await self.start()
+
+
+async def stored_rows(
+    path: str | Path,
+) -> tuple[int, dict[str, bytes], dict[str, tuple[bytes, bytes]]]:
+    """The checkpoint and every stored row, for comparing projections (audits, tests)."""
+    async with aiosqlite.connect(path) as conn:
+        rows = await conn.execute_fetchall(
+            "SELECT position FROM projection_checkpoints WHERE name = ?", (NAME,)
+        )
+        checkpoint = next(iter(rows))[0] if rows else 0
+        upgrades = {
+            u: s for u, _, s in await conn.execute_fetchall("SELECT * FROM projection_upgrades")
+        }
+        sets = {
+            k: (i, n)
+            for k, i, n in await conn.execute_fetchall("SELECT * FROM projection_scale_sets")
+        }
+    return checkpoint, upgrades, sets
