@@ -1,8 +1,8 @@
 """The ``osupgrade`` command line.
 
 Sub-commands are thin: they parse arguments (argparse), call the library and print.
-For now: ``demo`` (the event log at work on the embedded SQLite store) and
-``verify`` (check a log's hash chain). The orchestrator commands follow in later issues.
+``demo`` shows the event log at work; ``verify``/``audit verify``, ``events``, ``status``
+and ``history`` read an existing log. ``serve`` and ``simulate`` follow in later issues.
 """
 
 from __future__ import annotations
@@ -12,8 +12,17 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
+from engine.cli_read import (
+    audit_verify,
+    parse_as_of,
+    parse_time,
+    print_events,
+    print_history,
+    print_status,
+)
 from engine.logging import configure_logging
 from engine.store_demo import prepare_demo_dir, run_store_demo
 from events import EventStoreError, SQLiteEventStore
@@ -33,7 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check the hash chain of an event log")
     verify.add_argument("--db", type=Path, required=True, help="path of the SQLite event log")
+
+    audit = commands.add_parser("audit", help="audit an event log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify", help="check the hash chain and re-fold the log against stored projections"
+    )
+    audit_verify.add_argument("--db", type=Path, required=True)
+
+    events = commands.add_parser("events", help="print the log as a timeline")
+    events.add_argument("--db", type=Path, required=True)
+    events.add_argument("--stream", help="only this stream (e.g. vmss-sub/rg/name)")
+    events.add_argument("--since", type=_time_arg, help="RFC 3339 engine time")
+    events.add_argument("--until", type=_time_arg, help="RFC 3339 engine time")
+    events.add_argument("--json", action="store_true", help="JSON lines for machines")
+
+    for name, text in (("status", "latest rolling upgrade"), ("history", "OS upgrade history")):
+        sub = commands.add_parser(name, help=f"print a scale set's {text}")
+        sub.add_argument("--db", type=Path, required=True)
+        sub.add_argument("--scale-set", required=True, help="subscription/resourceGroup/name")
+        sub.add_argument("--as-of", type=_as_of_arg, help="a global position or RFC 3339 time")
     return parser
+
+
+def _time_arg(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
+
+
+def _as_of_arg(text: str) -> int | datetime:
+    try:
+        return parse_as_of(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a position nor an RFC 3339 time"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,12 +95,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.db.is_file():
             print(f"error: {args.db} does not exist", file=sys.stderr)
             return 2
-        return asyncio.run(_verify(args.db))
+        return asyncio.run(_read_command(args))
     except EventStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+async def _read_command(args: argparse.Namespace) -> int:
+    if args.command == "verify":
+        return await _verify(args.db)
+    if args.command == "audit":
+        return await audit_verify(args.db)
+    if args.command == "events":
+        return await print_events(args.db, args.stream, args.since, args.until, args.json)
+    if args.command == "status":
+        return await print_status(args.db, args.scale_set, args.as_of)
+    return await print_history(args.db, args.scale_set, args.as_of)
 
 
 async def _verify(db: Path) -> int:
