@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ class ProjectionStoppedError(RuntimeError):
 
 def upgrade_row(view: UpgradeView) -> tuple[str, str, bytes]:
     """The stored form of one upgrade's view."""
-    return view.upgrade_id, view.scale_set, orjson.dumps(dataclasses.asdict(view))
+    return view.upgrade_id, view.scale_set, orjson.dumps(view)  # orjson encodes dataclasses
 
 
 def upgrade_from_row(state: bytes) -> UpgradeView:
@@ -59,7 +58,7 @@ def upgrade_from_row(state: bytes) -> UpgradeView:
 
 def scale_set_row(view: FleetView, key: str) -> tuple[str, bytes, bytes]:
     """The stored form of one scale set's upgrade list and instances."""
-    instances = {i: dataclasses.asdict(v) for i, v in view.instances.get(key, {}).items()}
+    instances = view.instances.get(key, {})
     return key, orjson.dumps(view.scale_sets.get(key, [])), orjson.dumps(instances)
 
 
