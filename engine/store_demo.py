@@ -102,8 +102,9 @@ async def run_store_demo(path: Path, scale_sets: int, seed: int) -> int:
         f"[bold red]{bad.first_bad_position}[/] ({bad.problem})"
     )
     console.print("\nNext, try:")
-    console.print(f"  .venv/bin/osupgrade verify --db {path}")
-    console.print(f"  .venv/bin/osupgrade verify --db {tampered}")
+    console.print(f"  .venv/bin/osupgrade audit verify --db {path}")
+    console.print(f"  .venv/bin/osupgrade audit verify --db {tampered}")
+    console.print(f"  .venv/bin/osupgrade events --db {path} --stream vmss-0007")
     return 0 if report.ok and not bad.ok else 1
 
 

@@ -84,3 +84,18 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "1 scaleset.created {'capacity': 10}" in result.stdout
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    assert osupgrade("demo", "--dir", str(tmp_path), "--scale-sets", "20").returncode == 0
+    log = str(tmp_path / "osupgrade-demo.sqlite")  # ~2,000 lines: more than a pipe holds
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "events", "--db", log],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"Traceback" not in stderr
