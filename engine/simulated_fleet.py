@@ -134,9 +134,7 @@ class SimulatedFleet:
         if self._draw(operation_id) < profile.reimage_failure_percent:
             outcome = ReimageOutcome(ok=False, error="OSProvisioningTimedOut")
         else:
-            machine.version = image.version
-            machine.booted_at = self.clock.now()
-            machine.forced = None
+            self._boot(machine, image.version)
             machine.reimages += 1
             now = self.clock.now()
             expired = tuple(
@@ -145,12 +143,7 @@ class SimulatedFleet:
                 if e.credential_expires_at is not None and e.credential_expires_at <= now
             )
             outcome = ReimageOutcome(ok=True, failed_extensions=expired)
-        self.operations[operation_id] = outcome
-        self._record(
-            {"op": "reimage", "id": operation_id, "key": spec.key, "instance": instance_id,
-             "version": image.version, "at": self.clock.now().isoformat(), "ok": outcome.ok,
-             "error": outcome.error, "failed_extensions": list(outcome.failed_extensions)}
-        )  # fmt: skip
+        self._done("reimage", operation_id, spec.key, instance_id, image.version, outcome)
         return outcome
 
     async def restore(
@@ -161,17 +154,35 @@ class SimulatedFleet:
         if isinstance(done, RestoreOutcome):
             return done
         machine = self._instance(spec.key, instance_id)
+        self._boot(machine, version)
+        machine.restores += 1
+        outcome = RestoreOutcome(ok=True)
+        self._done("restore", operation_id, spec.key, instance_id, version, outcome)
+        return outcome
+
+    def _boot(self, machine: SimulatedInstance, version: str) -> None:
+        """A new OS disk on ``version``: the machine boots now, forced health is gone."""
         machine.version = version
         machine.booted_at = self.clock.now()
         machine.forced = None
-        machine.restores += 1
-        outcome = RestoreOutcome(ok=True)
+
+    def _done(
+        self,
+        kind: str,
+        operation_id: str,
+        key: str,
+        instance_id: str,
+        version: str,
+        outcome: ReimageOutcome | RestoreOutcome,
+    ) -> None:
+        """Remember the outcome (repeats return it) and journal it before answering."""
         self.operations[operation_id] = outcome
+        failed = list(outcome.failed_extensions) if isinstance(outcome, ReimageOutcome) else []
         self._record(
-            {"op": "restore", "id": operation_id, "key": spec.key, "instance": instance_id,
-             "version": version, "at": self.clock.now().isoformat(), "ok": True, "error": ""}
+            {"op": kind, "id": operation_id, "key": key, "instance": instance_id,
+             "version": version, "at": self.clock.now().isoformat(), "ok": outcome.ok,
+             "error": outcome.error, "failed_extensions": failed}
         )  # fmt: skip
-        return outcome
 
     async def read_health(
         self, spec: ScaleSetSpec, instance_ids: Sequence[str]

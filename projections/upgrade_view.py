@@ -80,13 +80,7 @@ class UpgradeView:
             "runningStatus": running,
             "progress": self.progress,
         }
-        if self.error is not None:
-            properties["error"] = self.error
-        return {
-            "type": "Microsoft.Compute/virtualMachineScaleSets/rollingUpgrades",
-            "location": self.location,
-            "properties": properties,
-        }
+        return self._resource(properties)
 
     def history_item(self) -> JSON:
         """``UpgradeOperationHistoricalStatusInfo`` (one entry of osUpgradeHistory)."""
@@ -107,6 +101,9 @@ class UpgradeView:
             "targetImageReference": self.target,
             "rollbackInfo": rollback,
         }
+        return self._resource(properties)
+
+    def _resource(self, properties: JSON) -> JSON:
         if self.error is not None:
             properties["error"] = self.error
         return {
