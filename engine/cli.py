@@ -1,8 +1,9 @@
 """The ``osupgrade`` command line.
 
 Sub-commands are thin: they parse arguments (argparse), call the library and print.
-``demo`` shows the event log at work; ``verify``/``audit verify``, ``events``, ``status``
-and ``history`` read an existing log. ``serve`` and ``simulate`` follow in later issues.
+``demo`` shows the event log at work; ``verify``/``audit verify``, ``events``, ``status``,
+``history`` and ``instances`` read an existing log. ``serve`` and ``simulate`` follow in
+later issues.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from engine.cli_read import (
     parse_time,
     print_events,
     print_history,
+    print_instances,
     print_status,
 )
 from engine.logging import configure_logging
@@ -58,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--until", type=_time_arg, help="RFC 3339 engine time")
     events.add_argument("--json", action="store_true", help="JSON lines for machines")
 
-    for name, text in (("status", "latest rolling upgrade"), ("history", "OS upgrade history")):
+    for name, text in (
+        ("status", "latest rolling upgrade"),
+        ("history", "OS upgrade history"),
+        ("instances", "instances: image version and health"),
+    ):
         sub = commands.add_parser(name, help=f"print a scale set's {text}")
         sub.add_argument("--db", type=Path, required=True)
         sub.add_argument("--scale-set", required=True, help="subscription/resourceGroup/name")
@@ -117,6 +123,8 @@ async def _read_command(args: argparse.Namespace) -> int:
         return await print_events(args.db, args.stream, args.since, args.until, args.json)
     if args.command == "status":
         return await print_status(args.db, args.scale_set, args.as_of)
+    if args.command == "instances":
+        return await print_instances(args.db, args.scale_set, args.as_of)
     return await print_history(args.db, args.scale_set, args.as_of)
 
 

@@ -136,6 +136,21 @@ async def print_history(db: Path, scale_set: str, as_of: int | datetime | None) 
     return 0
 
 
+async def print_instances(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
+    """Each instance's image version and last observed health, as of now or the past."""
+    view, _ = await _view(db, as_of)
+    instances = view.instances.get(scale_set.lower())
+    if instances is None:
+        print(f"{scale_set}: no such scale set (as of position {view.position})")
+        return 1
+    value = [
+        {"instanceId": i, "exactVersion": v.version, "health": v.health}
+        for i, v in sorted(instances.items(), key=lambda item: int(item[0]))
+    ]
+    print(json.dumps({"value": value}, indent=2))
+    return 0
+
+
 async def _view(db: Path, as_of: int | datetime | None) -> tuple[FleetView, datetime]:
     async with SQLiteEventStore(db) as store:
         if isinstance(as_of, datetime):

@@ -135,6 +135,17 @@ def test_status_and_history_now_and_as_of(rollout_log: Path) -> None:
     assert "endTime" in history["value"][0]["properties"]["runningStatus"]
 
 
+def test_instances_now_and_before_the_upgrade(rollout_log: Path) -> None:
+    now = json.loads(osupgrade("instances", "--db", str(rollout_log), "--scale-set", KEY).stdout)
+    assert [i["instanceId"] for i in now["value"]] == [str(i) for i in range(10)]
+    assert {i["exactVersion"] for i in now["value"]} <= {"1.0.0", "1.1.0"}
+    assert "1.1.0" in {i["exactVersion"] for i in now["value"]}
+    before = osupgrade("instances", "--db", str(rollout_log), "--scale-set", KEY, "--as-of", "3")
+    assert {i["exactVersion"] for i in json.loads(before.stdout)["value"]} == {"1.0.0"}
+    missing = osupgrade("instances", "--db", str(rollout_log), "--scale-set", "a/b/c")
+    assert missing.returncode == 1
+
+
 def test_read_commands_fail_clearly_on_bad_files(tmp_path: Path) -> None:
     missing = osupgrade("audit", "verify", "--db", str(tmp_path / "nope.sqlite"))
     assert (missing.returncode, "does not exist" in missing.stderr) == (2, True)
