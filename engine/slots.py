@@ -19,11 +19,6 @@ class UpgradeSlots:
         self._holders: set[str] = set()
         self._queue: deque[tuple[str, Signal]] = deque()
 
-    @property
-    def in_use(self) -> int:
-        """How many upgrades hold a slot now."""
-        return len(self._holders)
-
     async def acquire(self, holder: str) -> None:
         """Wait for a slot for ``holder`` (re-entrant: a holder already in passes)."""
         if holder in self._holders:

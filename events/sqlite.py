@@ -49,7 +49,7 @@ from events.head_watch import HeadWatch
 from events.registry import EventRegistry
 from events.store import ProgressCallback
 from events.subscription import Subscription
-from events.verify import ChainVerifier, StoredRow, VerifyReport
+from events.verify import ChainVerifier, VerifyReport
 
 APPLICATION_ID = 0x4F535550  # "OSUP": marks a database file as an osupgrade event log
 SCHEMA_VERSION = 1
@@ -610,14 +610,6 @@ class SQLiteEventStore:
         """See ``EventStore.until``."""
         self._check_open()
         return await self._watch.wait_until(position)
-
-    async def raw_rows(self, after: int, limit: int) -> list[StoredRow]:
-        """Return rows exactly as stored (bytes, not decoded), for audits and tools."""
-        async with self._reader() as conn:
-            rows = await conn.execute_fetchall(
-                _RAW_SELECT + "WHERE e.position > ? ORDER BY e.position LIMIT ?", (after, limit)
-            )
-        return [tuple(r) for r in rows]
 
     async def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
         """See ``EventStore.verify``; reads the raw rows in pages of 5,000."""

@@ -68,21 +68,3 @@ class Catalog:
         else:
             usable = self.versions(location, image.publisher, image.offer, image.sku)
         return max(usable, key=version_key) if usable else None
-
-    def exists(self, image: ImageReference, location: str, version: str) -> bool:
-        """Whether ``version`` of the image is available in ``location``."""
-        if image.is_gallery:
-            assert image.id is not None
-            info = self.gallery.get(image.id.lower(), {}).get(version)
-            return info is not None and location.lower() in info.regions
-        return version in self.versions(location, image.publisher, image.offer, image.sku)
-
-    def profile(self, version: str) -> SimulationProfile | None:
-        """The simulation profile published with ``version`` (any family)."""
-        for versions in self.platform.values():
-            if version in versions:
-                return versions[version]
-        for gallery_versions in self.gallery.values():
-            if version in gallery_versions:
-                return gallery_versions[version].simulation
-        return None

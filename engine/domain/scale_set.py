@@ -100,12 +100,6 @@ def _automatic(spec: ScaleSetSpec) -> bool:
     return spec.policy.automatic.enable_automatic_os_upgrade
 
 
-def newest_instance_version(state: ScaleSetState) -> str | None:
-    """The newest image version any instance runs."""
-    versions = set(state.instance_versions.values())
-    return max(versions, key=version_key) if versions else None
-
-
 def jitter(key: str, version: str, span_s: int) -> int:
     """A delay in [0, span) fixed by the scale set and version: spreads load, replays the same."""
     if span_s <= 0:

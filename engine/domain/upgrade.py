@@ -526,11 +526,3 @@ def _cancelled(state: UpgradeState) -> UpgradeCancelled:
         failed=sum(1 for p in phases if p in FAILED_PHASES),
         not_started=phases.count(Phase.PENDING),
     )
-
-
-def fold(events: Sequence[tuple[object, datetime]]) -> UpgradeState:
-    """Fold a whole stream of (event, occurred_at) pairs."""
-    state = UpgradeState()
-    for event, at in events:
-        state.apply(event, at)
-    return state
