@@ -32,6 +32,7 @@ from engine.domain.events import (
     scale_set_stream,
     upgrade_stream,
 )
+from engine.domain.grouping import pack
 from engine.domain.model import Health, StartedBy
 from engine.domain.scale_set import (
     EngineSettings,
@@ -131,13 +132,15 @@ class ScaleSetWorker:
         """
         now = self.ctx.clock.now()
         meta = Metadata(correlation_id=self.key, actor=actor)
-        new = [DOMAIN_EVENTS.to_new_event(e, metadata=meta, occurred_at=now) for e in events]
+        stored = pack(events)
+        new = [DOMAIN_EVENTS.to_new_event(e, metadata=meta, occurred_at=now) for e in stored]
         future = asyncio.ensure_future(self.ctx.store.append(stream, new, expected))
         future.add_done_callback(self._committed)
         self._inflight.append(future)
         self._durable.clear()
-        for event in events:
+        for event in events:  # the decided events themselves: no re-decoding of groups
             target.apply(event, now)
+        target.version += len(stored) - len(events)  # the stream counts records
         self._log.debug("decided", stream=stream, types=[n.type for n in new])
 
     async def flush(self) -> None:

@@ -111,39 +111,52 @@ class EventRegistry:
         current = self._versions.get(event.type)
         if current is None or event.schema_version == current:
             return event
-        if event.schema_version > current:
+        where = f"at position {event.position}"
+        data = self.upcast_data(event.type, event.schema_version, event.data, where)
+        return event.with_payload(event.type, current, data)
+
+    def upcast_data(
+        self, type_name: str, version: int, data: JSONObject, where: str = ""
+    ) -> JSONObject:
+        """``data`` of ``type_name`` written at ``version``, brought to the current version."""
+        current = self._versions.get(type_name)
+        if current is None or version == current:
+            return data
+        if version > current:
             raise UpcastError(
-                f"{event.type} at position {event.position} has schema v{event.schema_version}, "
-                f"newer than this code's v{current}"
+                f"{type_name} {where} has schema v{version}, newer than this code's v{current}"
             )
-        data = event.data
-        for version in range(event.schema_version, current):
-            step = self._upcasters.get((event.type, version))
+        for step_from in range(version, current):
+            step = self._upcasters.get((type_name, step_from))
             if step is None:
-                raise UpcastError(f"no upcaster for {event.type} from v{version} to v{version + 1}")
+                raise UpcastError(
+                    f"no upcaster for {type_name} from v{step_from} to v{step_from + 1}"
+                )
             try:
                 data = step(dict(data))
             except Exception as exc:
                 raise UpcastError(
-                    f"upcasting {event.type} at position {event.position} from v{version}: {exc}"
+                    f"upcasting {type_name} {where} from v{step_from}: {exc}"
                 ) from exc
-        return event.with_payload(event.type, current, data)
+        return data
 
     def decode(self, event: RecordedEvent) -> Any:
         """Return the typed event object for a recorded event (upcasting first)."""
         current = self.upcast(event)
-        cls = self.class_for(current.type)
+        return self.build(current.type, current.data, f"from position {event.position}")
+
+    def build(self, type_name: str, data: JSONObject, where: str = "") -> Any:
+        """The typed event of ``type_name`` from current-version ``data``."""
+        cls = self.class_for(type_name)
         converters = self._converters_for(cls)
         kwargs = {}
         for name, convert in converters.items():
-            if name in current.data:
-                kwargs[name] = convert(current.data[name])
+            if name in data:
+                kwargs[name] = convert(data[name])
         try:
             return cls(**kwargs)
         except TypeError as exc:
-            raise UpcastError(
-                f"cannot build {cls.__name__} from position {event.position}: {exc}"
-            ) from exc
+            raise UpcastError(f"cannot build {cls.__name__} {where}: {exc}") from exc
 
     def _converters_for(self, cls: type[Any]) -> dict[str, _Convert]:
         found = self._converters.get(cls)

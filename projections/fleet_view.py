@@ -17,7 +17,7 @@ from datetime import datetime
 
 from events import EventStore, RecordedEvent
 from events.clock import to_micros
-from projections.upgrade_view import JSON, UpgradeView
+from projections.upgrade_view import JSON, UpgradeView, expand
 
 HISTORY_LIMIT = 5
 
@@ -54,7 +54,8 @@ class FleetView:
             upgrade_id = event.stream_id.removeprefix("upgrade-")
             view = self.upgrades.setdefault(upgrade_id, UpgradeView(upgrade_id))
             view.apply(event)
-            self._instance_change(view.scale_set, event)
+            for type_name, data in expand(event.type, event.data):
+                self._instance_change(view.scale_set, type_name, data)
         elif event.stream_id.startswith("vmss-"):
             self._scale_set_event(event.stream_id.removeprefix("vmss-"), event)
 
@@ -73,18 +74,17 @@ class FleetView:
         elif event.type == "scaleset.upgrade_started":
             self.scale_sets.setdefault(key, []).append(data["upgrade_id"])
 
-    def _instance_change(self, key: str, event: RecordedEvent) -> None:
-        data = event.data
+    def _instance_change(self, key: str, type_name: str, data: JSON) -> None:
         instance = self.instances.get(key, {}).get(data.get("instance_id", ""))
         if instance is None:
             return
-        if event.type in ("upgrade.instance_reimaged", "upgrade.instance_rolled_back"):
+        if type_name in ("upgrade.instance_reimaged", "upgrade.instance_rolled_back"):
             instance.version = data["version"]
-        elif event.type == "upgrade.instance_health_changed":
+        elif type_name == "upgrade.instance_health_changed":
             instance.health = data["health"]
-        elif event.type == "upgrade.instance_healthy":
+        elif type_name == "upgrade.instance_healthy":
             instance.health = "Healthy"
-        elif event.type == "upgrade.instance_health_timeout":
+        elif type_name == "upgrade.instance_health_timeout":
             instance.health = data["last_health"]
 
     def latest(self, key: str) -> JSON | None:

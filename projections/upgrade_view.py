@@ -27,6 +27,21 @@ def rfc3339(when: datetime | None) -> str | None:
     return when.isoformat() if when is not None else None
 
 
+GROUP = "upgrade.instance_events"
+
+
+def expand(type_name: str, data: JSON) -> list[tuple[str, JSON]]:
+    """The (type, data) pairs one record stands for: a group's items, or itself.
+
+    The engine stores per-instance events decided at one instant as one
+    ``upgrade.instance_events`` record; read models fold its items one by one.
+    """
+    if type_name != GROUP:
+        return [(type_name, data)]
+    item_type: str = data["event"]
+    return [(item_type, item) for item in data["items"]]
+
+
 @dataclass
 class UpgradeView:
     """Everything the API shows about one upgrade, as of the events folded so far."""
@@ -50,10 +65,11 @@ class UpgradeView:
     position: int = 0
 
     def apply(self, event: RecordedEvent) -> None:
-        """Fold one event of this upgrade's stream."""
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            handler(self, event.data, event.occurred_at)
+        """Fold one event of this upgrade's stream (a group folds as its items)."""
+        for type_name, data in expand(event.type, event.data):
+            handler = _HANDLERS.get(type_name)
+            if handler is not None:
+                handler(self, data, event.occurred_at)
         self.position = event.position
 
     @property

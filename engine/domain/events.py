@@ -316,3 +316,20 @@ class UpgradeFaulted:
 class UpgradeCompleted:
     succeeded: int
     failed: int
+
+
+@register("upgrade.instance_events")
+@dataclass(frozen=True)
+class InstanceEvents:
+    """Several events of one per-instance kind, decided at one instant, as one record.
+
+    A batch step decides the same thing for up to hundreds of instances at once (20
+    reimages started, 20 instances healthy). One record per instance would multiply
+    the per-record costs (encode, hash, insert, project) by the batch size for no gain
+    in meaning; ``items`` keeps every instance's own data, in decision order. Readers
+    expand the group (``engine.domain.grouping.expand``) and fold the items one by one.
+    """
+
+    event: str  # the type name of every item
+    version: int  # the items' schema version (upcast on expand when older)
+    items: tuple[dict[str, object], ...]

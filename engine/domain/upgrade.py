@@ -36,6 +36,7 @@ from engine.domain.events import (
     UpgradeFaulted,
     UpgradeRequested,
 )
+from engine.domain.grouping import expand
 from engine.domain.model import Health, UpgradeStatus
 
 BEFORE = "MaxUnhealthyInstancePercentExceededBeforeRollingUpgrade"
@@ -103,11 +104,16 @@ class UpgradeState:
         return self.status != UpgradeStatus.ROLLING_FORWARD
 
     def apply(self, event: object, at: datetime) -> None:
-        """Fold one event (recorded at engine time ``at``) into the state."""
+        """Fold one record's event (recorded at engine time ``at``) into the state.
+
+        A group of per-instance events is one record: it counts once towards the
+        stream version and folds as its items, in order.
+        """
         self.version += 1
-        handler = _FOLD.get(type(event))
-        if handler is not None:
-            handler(self, event, at)
+        for item in expand(event):
+            handler = _FOLD.get(type(item))
+            if handler is not None:
+                handler(self, item, at)
 
     def pending_effects(self) -> list[InstanceReimageStarted | InstanceRollbackStarted]:
         """Intents recorded without a result yet: the worker must carry them out."""

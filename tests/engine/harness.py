@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.clock import VirtualClock
-from engine.domain.events import DOMAIN_EVENTS, SimulationProfile
+from engine.domain.events import SimulationProfile
+from engine.domain.grouping import decode_all
 from engine.domain.model import (
     AutomaticOSUpgradePolicy,
     Extension,
@@ -138,7 +139,7 @@ class World:
         out = []
         for recorded in await self.store.read_all(limit=1_000_000):
             if recorded.stream_id.startswith(stream_prefix):
-                out.append((recorded.type, DOMAIN_EVENTS.decode(recorded)))
+                out.extend((type(e).type_name, e) for e in decode_all(recorded))
         return out
 
 

@@ -37,7 +37,6 @@ from hypothesis import strategies as st
 
 from engine.clock import VirtualClock
 from engine.domain.events import (
-    DOMAIN_EVENTS,
     BatchCompleted,
     BatchStarted,
     CancelRequested,
@@ -59,6 +58,7 @@ from engine.domain.events import (
     UpgradeFaulted,
     UpgradeRequested,
 )
+from engine.domain.grouping import decode_all
 from engine.domain.model import (
     DEFAULT_ROLLING_POLICY,
     DataDisk,
@@ -319,7 +319,7 @@ class Outcome:
     scenario: Scenario
     model: ScaleSetSpec
     upgrade_id: str
-    records: list[RecordedEvent]  # the upgrade's stream, in order
+    records: list[RecordedEvent]  # the upgrade's stream, one entry per (expanded) event
     events: list[Any]  # decoded, same order
     set_events: list[Any]  # the scale set's stream, decoded
     journal: Journal
@@ -425,9 +425,9 @@ async def run(s: Scenario) -> Outcome:
         scenario=s,
         model=model,
         upgrade_id=upgrade_id,
-        records=records,
-        events=[DOMAIN_EVENTS.decode(r) for r in records],
-        set_events=[DOMAIN_EVENTS.decode(r) for r in set_records],
+        records=[r for r in records for _ in decode_all(r)],  # one per event, groups expanded
+        events=[e for r in records for e in decode_all(r)],
+        set_events=[e for r in set_records for e in decode_all(r)],
         journal=list(fleet.steps),
         before=before,
         after=store.snapshots[f"upgrade-{upgrade_id}"],
