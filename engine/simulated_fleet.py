@@ -36,6 +36,8 @@ class SimulatedInstance:
     forced: Health | None = None
     reimages: int = 0
     restores: int = 0
+    timing: tuple[str, datetime, datetime, float] | None = None
+    """Cached (version, booted_at, ready_at, fate): health is read on every probe."""
 
 
 @dataclass
@@ -91,6 +93,8 @@ class SimulatedFleet:
     def set_profile(self, version: str, profile: SimulationProfile) -> None:
         """Say how instances behave on ``version`` (from the publish request)."""
         self.profiles[version] = profile
+        for machine in self.instances.values():  # boot times may have changed
+            machine.timing = None
 
     def force_health(self, key: str, instance_id: str, health: Health) -> None:
         """Hold an instance at ``health`` until it is next reimaged or restored."""
@@ -188,22 +192,35 @@ class SimulatedFleet:
         self, spec: ScaleSetSpec, instance_ids: Sequence[str]
     ) -> dict[str, Health]:
         """Each instance's signal now: forced, booting, or its version's fate."""
-        now = self.clock.now()
-        return {i: self._health(spec, i, now) for i in instance_ids}
+        now, key = self.clock.now(), spec.key
+        return {i: self._health(spec, key, i, now) for i in instance_ids}
 
-    def _health(self, spec: ScaleSetSpec, instance_id: str, now: datetime) -> Health:
-        machine = self.instances.get((spec.key, instance_id))
+    def _health(self, spec: ScaleSetSpec, key: str, instance_id: str, now: datetime) -> Health:
+        machine = self.instances.get((key, instance_id))
         if machine is None:
             return Health.UNKNOWN
         if machine.forced is not None:
             return machine.forced
         if not spec.has_health_source:  # SPEC 2.2.4: running and extensions provisioned
             return Health.HEALTHY
-        profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
-        if now < machine.booted_at + timedelta(seconds=profile.boot_seconds):
+        timing = machine.timing
+        if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
+            timing = machine.timing = self._timing(key, instance_id, machine)
+        if now < timing[2]:
             return Health.INITIALIZING if spec.health_extension else Health.UNHEALTHY
-        fate = self._draw(f"{spec.key}/{instance_id}/{machine.version}")
-        return Health.UNHEALTHY if fate < profile.unhealthy_instance_percent else Health.HEALTHY
+        profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
+        return (
+            Health.UNHEALTHY if timing[3] < profile.unhealthy_instance_percent else Health.HEALTHY
+        )
+
+    def _timing(
+        self, key: str, instance_id: str, machine: SimulatedInstance
+    ) -> tuple[str, datetime, datetime, float]:
+        """When the machine is up on its version, and its draw there (a hash)."""
+        profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
+        ready_at = machine.booted_at + timedelta(seconds=profile.boot_seconds)
+        fate = self._draw(f"{key}/{instance_id}/{machine.version}")
+        return machine.version, machine.booted_at, ready_at, fate
 
     def _draw(self, key: str) -> float:
         """A number in [0, 100) fixed by the seed and ``key``."""
