@@ -366,7 +366,7 @@ class Engine:
             return worker.upgrade
         if not worker.state.upgrades:
             return None
-        return await worker.read_upgrade(worker.state.upgrades[-1])
+        return await worker.finished_upgrade(worker.state.upgrades[-1])
 
     async def wait_for_upgrade(
         self, subscription: str, resource_group: str, name: str, upgrade_id: str | None = None
@@ -389,7 +389,7 @@ class Engine:
                     target = worker.state.upgrades[-1]
             if target in worker.state.upgrades and not _is_active(worker, target):
                 await worker.durable()  # the worker decides ahead of its commits
-                return await worker.read_upgrade(target)
+                return await worker.finished_upgrade(target)
             if self._failures:
                 raise WorkerCrashedError("a worker crashed") from self._failures[0]
             changed = self._changed.setdefault(key, asyncio.Event())

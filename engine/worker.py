@@ -79,7 +79,7 @@ class ScaleSetWorker:
         self.stream = scale_set_stream(key)
         self.state = ScaleSetState()
         self.upgrade: UpgradeState | None = None
-        self.upgrade_history: dict[str, UpgradeState] = {}
+        self.upgrade_history: dict[str, UpgradeState] = {}  # finished here, by id
         self.loaded = asyncio.Event()  # set once the streams have been folded
         self._inflight: list[asyncio.Future[list[int]]] = []
         self._append_error: BaseException | None = None
@@ -196,6 +196,14 @@ class ScaleSetWorker:
         for recorded in records:
             state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
         return state
+
+    async def finished_upgrade(self, upgrade_id: str) -> UpgradeState:
+        """A finished upgrade: as this worker ended it, or folded from the log.
+
+        Call after ``durable()``: the worker's own state then equals the log's fold.
+        """
+        known = self.upgrade_history.get(upgrade_id)
+        return known if known is not None else await self.read_upgrade(upgrade_id)
 
     async def run(self, participation: AbstractAsyncContextManager[None] | None = None) -> None:
         """Work until the scale set is deleted (or the task is cancelled)."""
