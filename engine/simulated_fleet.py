@@ -36,8 +36,8 @@ class SimulatedInstance:
     forced: Health | None = None
     reimages: int = 0
     restores: int = 0
-    timing: tuple[str, datetime, datetime, float] | None = None
-    """Cached (version, booted_at, ready_at, fate): health is read on every probe."""
+    timing: tuple[str, datetime, datetime, Health] | None = None
+    """Cached (version, booted_at, ready_at, health once up): read on every probe."""
 
 
 @dataclass
@@ -112,9 +112,10 @@ class SimulatedFleet:
 
     async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
         """Create the machines that do not exist yet, already booted."""
+        key = spec.key
         for instance_id, version in versions.items():
             machine = self.instances.setdefault(
-                (spec.key, instance_id),
+                (key, instance_id),
                 SimulatedInstance(
                     version=version,
                     booted_at=self.clock.now() - timedelta(days=1),
@@ -122,7 +123,7 @@ class SimulatedFleet:
                     sku=spec.sku,
                 ),
             )
-            replayed = self._replayed.pop((spec.key, instance_id), None)
+            replayed = self._replayed.pop((key, instance_id), None)
             if replayed is not None:  # the journal knows better than the model
                 machine.version, machine.booted_at, machine.reimages, machine.restores = replayed
 
@@ -191,36 +192,47 @@ class SimulatedFleet:
     async def read_health(
         self, spec: ScaleSetSpec, instance_ids: Sequence[str]
     ) -> dict[str, Health]:
-        """Each instance's signal now: forced, booting, or its version's fate."""
-        now, key = self.clock.now(), spec.key
-        return {i: self._health(spec, key, i, now) for i in instance_ids}
+        """Each instance's signal now: forced, booting, or its version's fate.
 
-    def _health(self, spec: ScaleSetSpec, key: str, instance_id: str, now: datetime) -> Health:
-        machine = self.instances.get((key, instance_id))
-        if machine is None:
-            return Health.UNKNOWN
-        if machine.forced is not None:
-            return machine.forced
-        if not spec.has_health_source:  # SPEC 2.2.4: running and extensions provisioned
-            return Health.HEALTHY
+        Read on every probe of every waiting instance, so the per-instance work is
+        kept to a dictionary lookup and two comparisons (see ``_timing``).
+        """
+        now, key, machines = self.clock.now(), spec.key, self.instances
+        # SPEC 2.2.4: without a probe or extension, running and provisioned is healthy.
+        sourced = spec.has_health_source
+        booting = Health.INITIALIZING if spec.health_extension else Health.UNHEALTHY
+        health: dict[str, Health] = {}
+        for instance_id in instance_ids:
+            machine = machines.get((key, instance_id))
+            if machine is None:
+                health[instance_id] = Health.UNKNOWN
+            elif machine.forced is not None:
+                health[instance_id] = machine.forced
+            elif not sourced:
+                health[instance_id] = Health.HEALTHY
+            else:
+                health[instance_id] = self._health(key, instance_id, machine, now, booting)
+        return health
+
+    def _health(
+        self, key: str, instance_id: str, machine: SimulatedInstance, now: datetime, booting: Health
+    ) -> Health:
         timing = machine.timing
         if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
             timing = machine.timing = self._timing(key, instance_id, machine)
         if now < timing[2]:
-            return Health.INITIALIZING if spec.health_extension else Health.UNHEALTHY
-        profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
-        return (
-            Health.UNHEALTHY if timing[3] < profile.unhealthy_instance_percent else Health.HEALTHY
-        )
+            return booting
+        return timing[3]
 
     def _timing(
         self, key: str, instance_id: str, machine: SimulatedInstance
-    ) -> tuple[str, datetime, datetime, float]:
-        """When the machine is up on its version, and its draw there (a hash)."""
+    ) -> tuple[str, datetime, datetime, Health]:
+        """When the machine is up on its version, and its health from then on (a hash)."""
         profile = self.profiles.get(machine.version, DEFAULT_PROFILE)
         ready_at = machine.booted_at + timedelta(seconds=profile.boot_seconds)
         fate = self._draw(f"{key}/{instance_id}/{machine.version}")
-        return machine.version, machine.booted_at, ready_at, fate
+        up = Health.UNHEALTHY if fate < profile.unhealthy_instance_percent else Health.HEALTHY
+        return machine.version, machine.booted_at, ready_at, up
 
     def _draw(self, key: str) -> float:
         """A number in [0, 100) fixed by the seed and ``key``."""

@@ -117,7 +117,8 @@ def schedule_automatic(
         return None
     if spec.image.version.lower() != "latest" and not spec.image.is_gallery:
         return None
-    if not any(version_key(v) < version_key(latest) for v in state.instance_versions.values()):
+    latest_key = version_key(latest)
+    if not any(version_key(v) < latest_key for v in set(state.instance_versions.values())):
         return None
     if state.not_retried is not None and version_key(latest) <= version_key(state.not_retried):
         return None  # a failed automatic rollout is not retried; a newer version is
