@@ -25,7 +25,7 @@ from engine.fleet import ReimageOutcome, RestoreOutcome
 DEFAULT_PROFILE = SimulationProfile(unhealthy_instance_percent=0, boot_seconds=30)
 
 
-@dataclass
+@dataclass(slots=True)
 class SimulatedInstance:
     """One simulated machine."""
 

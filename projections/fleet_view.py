@@ -30,7 +30,7 @@ def months_before(when: datetime, months: int) -> datetime:
     return when.replace(year=year, month=month + 1, day=day)
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceView:
     """One instance as the log knows it."""
 

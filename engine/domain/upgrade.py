@@ -62,7 +62,7 @@ SETTLED = frozenset({Phase.HEALTHY, Phase.FAILED, Phase.ROLLED_BACK, Phase.ROLLB
 FAILED_PHASES = frozenset({Phase.FAILED, Phase.ROLLED_BACK, Phase.ROLLBACK_FAILED})
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceProgress:
     """One instance's part in the upgrade."""
 
