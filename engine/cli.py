@@ -98,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "demo":
-            if args.scale_sets < 1:
-                print("error: --scale-sets must be at least 1", file=sys.stderr)
+            if not 4 <= args.scale_sets <= 5000:
+                print(
+                    "error: --scale-sets must be from 4 (one of each kind) to 5000", file=sys.stderr
+                )
                 return 2
             path = prepare_demo_dir(args.dir)
             return asyncio.run(run_demo(path, args.scale_sets, args.seed))

@@ -313,11 +313,10 @@ class _Reader:
             groups=self.groups("/scaleSets"),
             settings=self.opt("", "engine", self.settings, EngineSettings()),
         )
+        self.check_models(scenario)
         no_actions: tuple[Action, ...] = ()
         actions = self.opt("", "actions", lambda p: self.actions(p, scenario), no_actions)
-        scenario = replace(scenario, actions=actions)
-        self.check_models(scenario)
-        return scenario
+        return replace(scenario, actions=actions)
 
     def time(self, pointer: str) -> datetime:
         text = self.string(pointer, what="an RFC 3339 time")
