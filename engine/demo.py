@@ -114,10 +114,11 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
     instances = sum(spec.capacity for spec in scenario.specs())
     behaviour = scenario.image.behaviour
     console.print(
-        f"[bold]osupgrade demo[/]: {len(scenario.specs())} scale sets, {instances:,} instances; "
-        f"image {scenario.image.current_version} -> {scenario.image.new_version}, on which "
-        f"{behaviour.unhealthy_instance_percent} % of instances never become healthy"
+        f"[bold]osupgrade demo[/]: {len(scenario.specs())} scale sets, {instances:,} instances, "
+        f"image {scenario.image.current_version} -> {scenario.image.new_version} "
+        f"({behaviour.unhealthy_instance_percent} % never become healthy)"
     )
+    console.print(f"log: {path} (SQLite; the projection runner follows it)", highlight=False)
     started = time.perf_counter()
     clock = VirtualClock(scenario.start)
     async with SQLiteEventStore(path, clock=clock) as store:
@@ -189,7 +190,7 @@ def _render(console: Console, outcome: Outcome, chain_ok: bool) -> None:
     now = outcome.last_end or outcome.scenario.start
     console.print(history_table(outcome.view, picks, now))
     for line in history_errors(outcome.view, picks, now):
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 def summary_table(outcome: Outcome, chain_ok: bool) -> Table:
@@ -247,10 +248,10 @@ def interesting_sets(view: FleetView) -> dict[str, str]:
 def history_table(view: FleetView, picks: dict[str, str], now: datetime) -> Table:
     """The osUpgradeHistory of a few scale sets (``osupgrade history`` shows it in full)."""
     table = Table(title="osUpgradeHistory of a few scale sets (newest first)")
-    for column in ("scale set", "shown as", "code", "by", "start", "end", "ok/failed/left"):
+    for column in ("scale set", "code", "startedBy", "start", "end", "ok/failed/left"):
         table.add_column(column)
     table.add_column("rolled back", justify="right")
-    for title, key in picks.items():
+    for key in picks.values():
         for item in view.history(key, now):
             props = item["properties"]
             running, progress = props["runningStatus"], props["progress"]
@@ -259,7 +260,7 @@ def history_table(view: FleetView, picks: dict[str, str], now: datetime) -> Tabl
                 f"{progress['successfulInstanceCount']}/{progress['failedInstanceCount']}/{left}"
             )
             table.add_row(
-                key.rsplit("/", 1)[-1], title, running["code"], props["startedBy"],
+                key.rsplit("/", 1)[-1], running["code"], props["startedBy"],
                 _clock(running["startTime"]), _clock(running["endTime"]), counts,
                 str(props["rollbackInfo"]["successfullyRolledbackInstanceCount"]),
             )  # fmt: skip
@@ -289,8 +290,9 @@ async def _tamper_demo(console: Console, path: Path) -> Path:
     async with SQLiteEventStore(copy) as store:
         report = await store.verify()
     console.print(
-        f"Tamper check: a copy with event {middle} edited ({copy.name}) fails verification "
-        f"at position [bold red]{report.first_bad_position}[/]."
+        f"Tamper check: {copy.name} (event {middle} edited) fails verification at "
+        f"position [bold red]{report.first_bad_position}[/].",
+        highlight=False,
     )
     return copy
 

@@ -36,9 +36,9 @@ def test_demo_runs_a_rollout_and_leaves_a_log_to_explore(tmp_path: Path) -> None
     for expected in ("scale sets upgraded (Completed)", "instances upgraded", "intact"):
         assert expected in out
     # the history shows one completed, one faulted and the cancelled manual set
-    assert re.search(r"batch-001 +│ cancelled +│ Cancelled +│ User", out), out
-    assert re.search(r"│ completed +│ Completed +│ Platform", out), out
-    assert re.search(r"│ faulted +│ Faulted +│ Platform", out), out
+    assert re.search(r"batch-001 +│ Cancelled +│ User", out), out
+    assert re.search(r"│ Completed +│ Platform", out), out
+    assert re.search(r"│ Faulted +│ Platform", out), out
     assert re.search(r"wall time: \d+\.\d s", out)
     # every suggested command works on the log left behind
     suggested = re.findall(r"^  \.venv/bin/osupgrade (.+)$", out, flags=re.MULTILINE)
@@ -50,7 +50,7 @@ def test_demo_runs_a_rollout_and_leaves_a_log_to_explore(tmp_path: Path) -> None
         assert run.stdout.strip()
     audit = osupgrade("audit", "verify", "--db", str(tmp_path / "osupgrade-demo.sqlite"))
     assert "projections: ok" in audit.stdout  # the projection runner followed the rollout
-    match = re.search(r"fails verification at\s+position (\d+)", out)
+    match = re.search(r"fails verification at position (\d+)", out)
     assert match, out
     bad = osupgrade("verify", "--db", str(tmp_path / "osupgrade-demo-tampered.sqlite"))
     assert f"first bad position {match.group(1)}" in bad.stdout

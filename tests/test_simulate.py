@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -81,8 +82,11 @@ def test_simulate_compares_policies_side_by_side_and_reports(tmp_path: Path) -> 
     assert second.returncode == 0, second.stderr
     assert first.stdout.split("report written")[0] == second.stdout
     page = report.read_text()
-    assert page.count("<svg") == 3  # one timeline per run
-    assert "<polygon" in page
+    charts = [f"<svg{c.split('</svg>')[0]}</svg>" for c in page.split("<svg")[1:]]
+    assert len(charts) == 3  # one timeline per run
+    for chart in charts:  # well-formed SVG with one area per instance state
+        svg = ElementTree.fromstring(chart)
+        assert len(svg.findall("{http://www.w3.org/2000/svg}polygon")) == 5
     assert "<script" not in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "https://" not in page
@@ -206,3 +210,12 @@ def test_logs_are_json_lines_with_the_worker_context(tmp_path: Path) -> None:
     finished = [r for r in records if r["event"] == "upgrade finished"]
     assert len(finished) == len(load_scenario(scenario).specs())
     assert all({"scale_set", "upgrade_id", "position", "timestamp"} <= r.keys() for r in finished)
+
+
+def test_the_examples_in_the_docs_are_valid(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "SIMULATE.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in doc.split("```json\n")[1:]]
+    assert len(blocks) == 2
+    scenario = load_scenario(write(tmp_path, "scenario.json", blocks[0]))
+    assert scenario.seed == 7
+    assert load_policy(write(tmp_path, "policy.json", blocks[1])).name == "cautious"
