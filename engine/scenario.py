@@ -36,7 +36,7 @@ from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.jsonpos import Located, escape, loads_located
 
 T = TypeVar("T")
-ACTIONS = ("startUpgrade", "cancelUpgrade", "setHealth", "clearHealth")
+ACTIONS = ("startUpgrade", "cancelUpgrade", "approveUpgrade", "setHealth", "clearHealth")
 HEALTH_SOURCES = ("probe", "extension", "none")
 MODES = ("Automatic", "Manual", "Rolling")
 _NO_FLAGS: dict[str, bool] = {}

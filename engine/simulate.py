@@ -102,6 +102,11 @@ class Outcome:
         return (self.last_end - self.first_start).total_seconds()
 
     @property
+    def unfinished(self) -> int:
+        """Upgrades still rolling forward when nothing was left to happen."""
+        return sum(1 for u in self.view.upgrades.values() if u.code == "RollingForward")
+
+    @property
     def peak_unhealthy_percent(self) -> float:
         """The most instances of the fleet not serving at one moment, in percent."""
         return 100 * self.peak_unhealthy / self.instances if self.instances else 0.0
@@ -128,16 +133,18 @@ async def run_scenario(
     fleet = SimulatedFleet(clock, seed=scenario.seed)
     markers: list[Marker] = []
     notes: list[str] = []
-    structlog.contextvars.bind_contextvars(scenario=scenario.name, run=label)
-    async with Engine(store=store, fleet=fleet, clock=clock, settings=scenario.settings) as engine:
-        # The driver counts as a participant from now on, before its task first runs,
-        # so time cannot jump past its first action while it is being scheduled.
-        participation = clock.participant()
-        driver = asyncio.create_task(_play(engine, fleet, scenario, markers, notes, participation))
-        async with _reporting(engine, progress):
-            await driver
-            await clock.wait_stalled()
-    structlog.contextvars.unbind_contextvars("scenario", "run")
+    settings = scenario.settings
+    with structlog.contextvars.bound_contextvars(scenario=scenario.name, run=label):
+        async with Engine(store=store, fleet=fleet, clock=clock, settings=settings) as engine:
+            # The driver counts as a participant from now on, before its task first runs,
+            # so time cannot jump past its first action while it is being scheduled.
+            participation = clock.participant()
+            driver = asyncio.create_task(
+                _play(engine, fleet, scenario, markers, notes, participation)
+            )
+            async with _reporting(engine, progress):
+                await driver
+                await clock.wait_stalled()  # nothing left to happen: every upgrade is over
     return await fold_outcome(scenario, label, store, markers, notes)
 
 
@@ -193,6 +200,8 @@ async def _act(
         await engine.start_os_upgrade(SUBSCRIPTION, RESOURCE_GROUP, name)
     elif action.kind == "cancelUpgrade":
         await engine.cancel_upgrade(SUBSCRIPTION, RESOURCE_GROUP, name)
+    elif action.kind == "approveUpgrade":
+        await engine.approve_upgrade(SUBSCRIPTION, RESOURCE_GROUP, name)
     else:
         worker = engine.scale_set(SUBSCRIPTION, RESOURCE_GROUP, name)
         spec = worker.state.spec
@@ -412,6 +421,9 @@ def comparison_rows(outcomes: list[Outcome]) -> list[tuple[str, list[str]]]:
         ("upgrades cancelled", [str(o.upgrades["Cancelled"]) for o in outcomes]),
         ("upgrades faulted", [str(o.upgrades["Faulted"]) for o in outcomes]),
     ]
+    unfinished = [str(o.unfinished) for o in outcomes]
+    if any(n != "0" for n in unfinished):  # e.g. deferred instances never approved
+        rows.insert(6, ("upgrades never finished", unfinished))
     rows += [(f"  {code}", [str(o.faults[code]) for o in outcomes]) for code in codes]
     rows.append(("events in the log", [f"{o.events:,}" for o in outcomes]))
     return rows

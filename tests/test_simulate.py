@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -219,3 +220,28 @@ def test_the_examples_in_the_docs_are_valid(tmp_path: Path) -> None:
     scenario = load_scenario(write(tmp_path, "scenario.json", blocks[0]))
     assert scenario.seed == 7
     assert load_policy(write(tmp_path, "policy.json", blocks[1])).name == "cautious"
+
+
+DEFERRED = """{"engine": {"firstRolloutMaxDelay": "PT0S"},
+  "scaleSets": [{"name": "db", "capacity": 5, "upgradePolicy": {
+    "mode": "Automatic", "automaticOSUpgradePolicy": {
+      "enableAutomaticOSUpgrade": true, "osRollingUpgradeDeferral": true}}}],
+  "actions": [ACTIONS]}"""
+
+
+async def test_deferred_upgrades_wait_for_approval(tmp_path: Path) -> None:
+    def scenario(actions: str) -> Path:
+        return write(
+            tmp_path,
+            "deferred.json",
+            DEFERRED.replace("ACTIONS", actions),
+        )
+
+    waiting = await run_scenario(load_scenario(scenario("")))
+    assert (waiting.unfinished, waiting.upgraded) == (1, 0)
+    approved = await run_scenario(
+        load_scenario(scenario('{"at": "PT2H", "do": "approveUpgrade", "scaleSets": "db"}'))
+    )
+    assert (approved.unfinished, approved.upgraded) == (0, 5)
+    assert approved.first_start is not None and approved.last_end is not None
+    assert approved.last_end - approved.first_start > timedelta(hours=2)
