@@ -30,6 +30,8 @@ from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import AutomaticOSUpgradePolicy, RollingUpgradePolicy, UpgradePolicy
 from engine.scenario import (
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
     Action,
     ImagePlan,
     ScaleSetGroup,
@@ -132,8 +134,15 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
         async with ProjectionRunner(store, path, batch_size=5000) as runner:
             await runner.wait_for(await store.head())
         report = await store.verify()
+        fabric = await fabric_batches(store, outcome.view)
     wall = time.perf_counter() - started
     _render(console, outcome, report.ok)
+    if fabric:
+        domains = ", ".join(reason.removeprefix("update domain ") for reason in fabric)
+        console.print(
+            f"  fabric (Service Fabric): {len(fabric)} batches, one per update domain ({domains})",
+            highlight=False,
+        )
     tampered = await _tamper_demo(console, path)
     _next_steps(console, path, tampered, outcome)
     console.print(f"wall time: {wall:.1f} s")
@@ -279,6 +288,15 @@ def history_errors(view: FleetView, picks: dict[str, str], now: datetime) -> lis
             if error:
                 lines.append(f"{key.rsplit('/', 1)[-1]}: {error['code']}: {error['message']}")
     return lines
+
+
+async def fabric_batches(store: SQLiteEventStore, view: FleetView) -> list[str]:
+    """Why each batch of the Service Fabric set's upgrade was chosen (its update domains)."""
+    ids = view.scale_sets.get(f"{SUBSCRIPTION}/{RESOURCE_GROUP}/fabric", [])
+    if not ids:
+        return []
+    events = await store.read_stream(f"upgrade-{ids[-1]}")
+    return [e.data["reason"] for e in events if e.type == "upgrade.batch_started"]
 
 
 async def _tamper_demo(console: Console, path: Path) -> Path:

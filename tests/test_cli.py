@@ -39,6 +39,7 @@ def test_demo_runs_a_rollout_and_leaves_a_log_to_explore(tmp_path: Path) -> None
     assert re.search(r"batch-001 +│ Cancelled +│ User", out), out
     assert re.search(r"│ Completed +│ Platform", out), out
     assert re.search(r"│ Faulted +│ Platform", out), out
+    assert "fabric (Service Fabric): 5 batches, one per update domain (0, 1, 2, 3, 4)" in out
     assert re.search(r"wall time: \d+\.\d s", out)
     # every suggested command works on the log left behind
     suggested = re.findall(r"^  \.venv/bin/osupgrade (.+)$", out, flags=re.MULTILINE)
