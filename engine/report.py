@@ -37,6 +37,7 @@ def render_report(outcomes: list[Outcome]) -> str:
     rows = comparison_rows(outcomes)
     table = _table(head, [[name, *values] for name, values in rows])
     charts = "\n".join(_chart_section(o) for o in outcomes)
+    faults = "\n".join(_faults_section(o) for o in outcomes)
     notes = "".join(f"<li>{_e(o.label)}: {_e(n)}</li>" for o in outcomes for n in o.notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -59,6 +60,8 @@ Times are engine (virtual) time from the start of the scenario.</p>
 <h2>Timelines: instances per state</h2>
 <p class="legend">{_legend()}</p>
 {charts}
+<h2>Faulted upgrades and why</h2>
+{faults}
 </body></html>
 """
 
@@ -83,6 +86,20 @@ def _chart_section(outcome: Outcome) -> str:
         f"{outcome.peak_unhealthy_percent:.1f} %"
     )
     return f"<h3>{_e(title)}</h3>\n{timeline_svg(outcome)}"
+
+
+def _faults_section(outcome: Outcome, limit: int = 100) -> str:
+    """Each faulted upgrade of a run: scale set, error code and message."""
+    rows = [
+        [view.scale_set, view.error["code"], view.error["message"]]
+        for view in sorted(outcome.view.upgrades.values(), key=lambda v: v.scale_set)
+        if view.error is not None
+    ]
+    if not rows:
+        return f"<h3>{_e(outcome.label)}: none</h3>"
+    more = f"<p>... and {len(rows) - limit} more</p>" if len(rows) > limit else ""
+    table = _table(["scale set", "code", "message"], rows[:limit])
+    return f"<h3>{_e(outcome.label)}: {len(rows)}</h3>\n{table}{more}"
 
 
 def _sampled(points: list[tuple[float, dict[str, int]]]) -> list[tuple[float, dict[str, int]]]:
@@ -147,6 +164,9 @@ def _axes(end: float, total: int, x: Callable[[float], float], y: Callable[[floa
         'stroke="#444"/>',
         f'<text x="{LEFT - 6}" y="{TOP + 10}" text-anchor="end" font-size="11">{total}</text>',
         f'<text x="{LEFT - 6}" y="{HEIGHT - BOTTOM}" text-anchor="end" font-size="11">0</text>',
+        f'<text x="12" y="{TOP + (HEIGHT - BOTTOM - TOP) / 2}" font-size="11" '
+        f'transform="rotate(-90 12 {TOP + (HEIGHT - BOTTOM - TOP) / 2})" '
+        'text-anchor="middle">instances</text>',
     ]
     for tick in range(6):
         seconds = end * tick / 5

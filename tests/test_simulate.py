@@ -93,6 +93,7 @@ def test_simulate_compares_policies_side_by_side_and_reports(tmp_path: Path) -> 
     assert "https://" not in page
     for label in ("as written", "fast", "cautious", "instances upgraded"):
         assert label in page
+    assert "sim/rg/web-001</td><td>MaxUnhealthyInstancePercentExceeded" in page  # and why
 
 
 async def test_a_run_is_measured_from_its_log(tmp_path: Path) -> None:
