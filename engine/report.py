@@ -83,7 +83,7 @@ def _legend() -> str:
 def _chart_section(outcome: Outcome) -> str:
     title = (
         f"{outcome.label}: {duration(outcome.duration_s)}, peak unhealthy "
-        f"{outcome.peak_unhealthy_percent:.1f} %"
+        f"{outcome.peak_unhealthy_percent:.1f} % at +{duration(outcome.peak_unhealthy_at)}"
     )
     return f"<h3>{_e(title)}</h3>\n{timeline_svg(outcome)}"
 

@@ -30,6 +30,7 @@ from engine.domain.model import (
     RollingUpgradePolicy,
     ScaleSetSpec,
     UpgradePolicy,
+    version_key,
 )
 from engine.domain.scale_set import EngineSettings
 from engine.domain.validation import InvalidParameterError, validate_scale_set
@@ -45,6 +46,7 @@ RESOURCE_GROUP = "rg"
 _DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,50}")
 _VERSION = re.compile(r"\d{1,9}\.\d{1,9}\.\d{1,9}")
+_IDENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class ScenarioError(ValueError):
@@ -327,26 +329,23 @@ class _Reader:
         return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
     def image(self, pointer: str) -> ImagePlan:
-        names = ("location", "publisher", "offer", "sku", "currentVersion", "newVersion")
-        self.obj(pointer, (*names, "newVersionBehaviour"))
-        plan = ImagePlan()
-        values = {
-            attr: self.opt(pointer, name, lambda p: self.string(p, what="a string"), default)
-            for name, attr, default in zip(
-                names,
-                ("location", "publisher", "offer", "sku", "current_version", "new_version"),
-                (plan.location, *plan.family, plan.current_version, plan.new_version),
-                strict=True,
-            )
+        fields = {  # JSON name -> (ImagePlan attribute, pattern, what it must be)
+            "location": ("location", _IDENT, "a name of letters, digits, '.', '_' or '-'"),
+            "publisher": ("publisher", _IDENT, "a name of letters, digits, '.', '_' or '-'"),
+            "offer": ("offer", _IDENT, "a name of letters, digits, '.', '_' or '-'"),
+            "sku": ("sku", _IDENT, "a name of letters, digits, '.', '_' or '-'"),
+            "currentVersion": ("current_version", _VERSION, "a version like 1.2.3"),
+            "newVersion": ("new_version", _VERSION, "a version like 1.2.3"),
         }
-        for name in ("currentVersion", "newVersion"):
-            if name in self.get(pointer):
-                self.string(f"{pointer}/{name}", _VERSION, "a version like 1.2.3")
+        present = self.obj(pointer, (*fields, "newVersionBehaviour"))
+        values: dict[str, Any] = {
+            attr: self.string(f"{pointer}/{name}", pattern, what)
+            for name, (attr, pattern, what) in fields.items()
+            if name in present
+        }
         behaviour = self.opt(pointer, "newVersionBehaviour", self.behaviour, SimulationProfile())
         plan = ImagePlan(**values, behaviour=behaviour)
-        if tuple(int(p) for p in plan.new_version.split(".")) <= tuple(
-            int(p) for p in plan.current_version.split(".")
-        ):
+        if version_key(plan.new_version) <= version_key(plan.current_version):
             raise self.fail(f"{pointer}/newVersion", "must be newer than currentVersion")
         return plan
 

@@ -152,6 +152,8 @@ def _where(text: str, needle: str) -> tuple[int, int]:
         ('"at": "PT5M"', '"at": >>"5 minutes"', "not an ISO 8601 duration"),
         ('"scaleSets": "web-001", "i', '"scaleSets": >>"web-9", "i', "no scale set or group"),
         ('"maxBatchInstancePercent": 10', '"maxBatchInstancePercent": >>1', "from 5 to 100"),
+        ('"image": {', '"image": {"newVersion": >>"0.9.0", ', "must be newer than"),
+        ('"image": {', '"image": {"sku": >>"18.04 LTS", ', "must be a name of letters"),
     ],
 )
 def test_a_bad_scenario_gets_a_line_precise_error(
