@@ -103,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "error: --scale-sets must be from 4 (one of each kind) to 5000", file=sys.stderr
                 )
                 return 2
-            path = prepare_demo_dir(args.dir)
+            try:
+                path = prepare_demo_dir(args.dir)
+            except OSError as exc:
+                print(f"error: cannot use --dir {args.dir}: {exc.strerror}", file=sys.stderr)
+                return 2
             return asyncio.run(run_demo(path, args.scale_sets, args.seed))
         if args.command == "simulate":
             return run_simulate(args)

@@ -36,7 +36,9 @@ def add_simulate_parser(commands: Any) -> None:
         metavar="POLICY.json",
         help="also run the scenario under each of these rolling upgrade policies",
     )
-    simulate.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    simulate.add_argument(
+        "--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report"
+    )
     simulate.add_argument("--seed", type=int, help="override the scenario's seed")
 
 
@@ -47,6 +49,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         variants = [load_policy(path) for path in args.compare]
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.report is not None and not args.report.parent.is_dir():
+        print(f"error: --report: directory {args.report.parent} does not exist", file=sys.stderr)
         return 2
     if args.seed is not None:
         scenario = replace(scenario, seed=args.seed)

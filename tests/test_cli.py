@@ -95,6 +95,15 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "--scale-sets must be" in refused.stderr
     assert osupgrade("demo", "--scale-sets", "many").returncode == 2
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    not_a_dir = osupgrade("demo", "--dir", str(a_file), "--scale-sets", "4")
+    assert not_a_dir.returncode == 2
+    assert "cannot use --dir" in not_a_dir.stderr
+    scenario = ROOT / "tools" / "scenarios" / "mixed-fleet.json"
+    no_dir = osupgrade("simulate", str(scenario), "--report", str(tmp_path / "no" / "r.html"))
+    assert no_dir.returncode == 2
+    assert "does not exist" in no_dir.stderr
     assert osupgrade("no-such-command").returncode == 2
 
 
