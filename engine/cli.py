@@ -98,17 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "demo":
-            if not 4 <= args.scale_sets <= 5000:
-                print(
-                    "error: --scale-sets must be from 4 (one of each kind) to 5000", file=sys.stderr
-                )
-                return 2
-            try:
-                path = prepare_demo_dir(args.dir)
-            except OSError as exc:
-                print(f"error: cannot use --dir {args.dir}: {exc.strerror}", file=sys.stderr)
-                return 2
-            return asyncio.run(run_demo(path, args.scale_sets, args.seed))
+            return _demo(args)
         if args.command == "simulate":
             return run_simulate(args)
         if not args.db.is_file():
@@ -124,6 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if not 4 <= args.scale_sets <= 5000:
+        print("error: --scale-sets must be from 4 (one of each kind) to 5000", file=sys.stderr)
+        return 2
+    try:
+        path = prepare_demo_dir(args.dir)
+    except OSError as exc:
+        print(f"error: cannot use --dir {args.dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_demo(path, args.scale_sets, args.seed))
 
 
 async def _read_command(args: argparse.Namespace) -> int:
