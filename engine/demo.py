@@ -23,12 +23,12 @@ from pathlib import Path
 
 import structlog
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import AutomaticOSUpgradePolicy, RollingUpgradePolicy, UpgradePolicy
+from engine.live import LiveDisplay
 from engine.scenario import (
     RESOURCE_GROUP,
     SUBSCRIPTION,
@@ -37,7 +37,7 @@ from engine.scenario import (
     ScaleSetGroup,
     Scenario,
 )
-from engine.simulate import Live, Outcome, duration, run_scenario
+from engine.simulate import Outcome, duration, run_scenario
 from events import SQLiteEventStore
 from projections.fleet_view import FleetView
 from projections.runner import ProjectionRunner
@@ -125,7 +125,7 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
     started = time.perf_counter()
     clock = VirtualClock(scenario.start)
     async with SQLiteEventStore(path, clock=clock) as store:
-        with _LiveDisplay(console) as display:
+        with LiveDisplay(console) as display:
             outcome = await run_scenario(
                 scenario, label="demo", store=store, clock=clock, progress=display.update
             )
@@ -148,49 +148,6 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
     console.print(f"wall time: {wall:.1f} s")
     log.info("demo finished", wall_s=round(wall, 2), events=outcome.events)
     return 0 if report.ok else 1
-
-
-class _LiveDisplay:
-    """A rich progress display fed with ``Live`` snapshots."""
-
-    def __init__(self, console: Console) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description:<11}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=console,
-        )
-        self.instances: TaskID | None = None
-        self.sets: TaskID | None = None
-
-    def __enter__(self) -> _LiveDisplay:
-        self.progress.start()
-        self.instances = self.progress.add_task("instances", total=None, detail="")
-        self.sets = self.progress.add_task("scale sets", total=None, detail="")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.stop()
-
-    def update(self, live: Live) -> None:
-        assert self.instances is not None and self.sets is not None
-        settled = live.instances_done + live.instances_failed
-        self.progress.update(
-            self.instances,
-            total=live.instances_total,
-            completed=settled,
-            detail=f"upgraded {live.instances_done:,}  failed {live.instances_failed:,}  "
-            f"rolled back {live.instances_rolled_back:,}",
-        )
-        finished = live.sets_completed + live.sets_faulted + live.sets_cancelled
-        self.progress.update(
-            self.sets,
-            total=live.sets_total,
-            completed=finished,
-            detail=f"completed {live.sets_completed}  faulted {live.sets_faulted}  "
-            f"cancelled {live.sets_cancelled}  (engine time {live.virtual_time:%H:%M})",
-        )
 
 
 # -- after the rollout -----------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from engine.live import LiveDisplay
 from engine.report import write_report
 from engine.scenario import PolicyVariant, Scenario, ScenarioError, load_policy, load_scenario
 from engine.simulate import Outcome, comparison_rows, run_scenario
@@ -60,7 +61,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         f"[bold]osupgrade simulate[/]: {scenario.name} ({len(scenario.specs())} scale sets, "
         f"seed {scenario.seed})"
     )
-    outcomes = asyncio.run(_run_all(scenario, variants))
+    outcomes = asyncio.run(_run_all(scenario, variants, console))
     console.print(comparison_table(outcomes))
     for outcome in outcomes:
         for note in outcome.notes:
@@ -71,16 +72,24 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_all(scenario: Scenario, variants: list[PolicyVariant]) -> list[Outcome]:
+async def _run_all(
+    scenario: Scenario, variants: list[PolicyVariant], console: Console
+) -> list[Outcome]:
     """The scenario as written, then under each policy; one after the other, same seed."""
     runs = [("as written", scenario)] + [(v.name, v.apply(scenario)) for v in variants]
-    return [await run_scenario(s, label=label) for label, s in runs]
+    if not console.is_terminal:  # nothing to watch in a pipe or a log file
+        return [await run_scenario(s, label=label) for label, s in runs]
+    outcomes = []
+    for label, variant in runs:
+        with LiveDisplay(console, transient=True) as display:
+            outcomes.append(await run_scenario(variant, label=label, progress=display.update))
+    return outcomes
 
 
 def comparison_table(outcomes: list[Outcome]) -> Table:
     """Runs side by side."""
     table = Table(title="Rollout under each policy" if len(outcomes) > 1 else "Rollout")
-    table.add_column("measure")
+    table.add_column("measure", overflow="fold")
     for outcome in outcomes:
         table.add_column(outcome.label, justify="right")
     for name, values in comparison_rows(outcomes):
