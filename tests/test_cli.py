@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engine.cli import DEMO_SCALE_SETS
+from engine.demo import demo_scenario
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -136,3 +139,15 @@ def test_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert b"Traceback" not in stderr
+
+
+def test_the_readme_shows_the_default_demo() -> None:
+    """Cheap drift check: the fleet in the README's demo output is the default fleet."""
+    readme = (ROOT / "README.md").read_text()
+    assert (
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/osupgrade demo\n"
+        in (readme)
+    )
+    specs = demo_scenario(DEMO_SCALE_SETS, 1).specs()
+    instances = sum(spec.capacity for spec in specs)
+    assert f"osupgrade demo: {len(specs)} scale sets, {instances:,} instances" in readme
