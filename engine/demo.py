@@ -123,6 +123,26 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
     )
     console.print(f"log: {path} (SQLite, durability full)", highlight=False)
     started = time.perf_counter()
+    outcome, chain_ok, fabric = await _roll_out(console, path, scenario)
+    wall = time.perf_counter() - started
+    _render(console, outcome, chain_ok)
+    if fabric:
+        domains = ", ".join(reason.removeprefix("update domain ") for reason in fabric)
+        console.print(
+            f"  fabric (Service Fabric): {len(fabric)} batches, one per update domain ({domains})",
+            highlight=False,
+        )
+    tampered = await _tamper_demo(console, path)
+    _next_steps(console, path, tampered, outcome)
+    console.print(f"wall time: {wall:.1f} s")
+    log.info("demo finished", wall_s=round(wall, 2), events=outcome.events)
+    return 0 if chain_ok else 1
+
+
+async def _roll_out(
+    console: Console, path: Path, scenario: Scenario
+) -> tuple[Outcome, bool, list[str]]:
+    """The rollout with live progress, stored projections, the chain verified."""
     clock = VirtualClock(scenario.start)
     async with SQLiteEventStore(path, clock=clock) as store:
         with LiveDisplay(console) as display:
@@ -135,19 +155,7 @@ async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | No
             await runner.wait_for(await store.head())
         report = await store.verify()
         fabric = await fabric_batches(store, outcome.view)
-    wall = time.perf_counter() - started
-    _render(console, outcome, report.ok)
-    if fabric:
-        domains = ", ".join(reason.removeprefix("update domain ") for reason in fabric)
-        console.print(
-            f"  fabric (Service Fabric): {len(fabric)} batches, one per update domain ({domains})",
-            highlight=False,
-        )
-    tampered = await _tamper_demo(console, path)
-    _next_steps(console, path, tampered, outcome)
-    console.print(f"wall time: {wall:.1f} s")
-    log.info("demo finished", wall_s=round(wall, 2), events=outcome.events)
-    return 0 if report.ok else 1
+    return outcome, report.ok, fabric
 
 
 # -- after the rollout -----------------------------------------------------------------
