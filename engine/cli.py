@@ -1,9 +1,9 @@
 """The ``osupgrade`` command line.
 
 Sub-commands are thin: they parse arguments (argparse), call the library and print.
-``demo`` shows the event log at work; ``verify``/``audit verify``, ``events``, ``status``,
-``history`` and ``instances`` read an existing log. ``serve`` and ``simulate`` follow in
-later issues.
+``demo`` runs a whole rollout on a fresh log; ``simulate`` runs what-if scenarios;
+``verify``/``audit verify``, ``events``, ``status``, ``history`` and ``instances`` read an
+existing log.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ from engine.cli_read import (
     print_instances,
     print_status,
 )
+from engine.demo import prepare_demo_dir, run_demo
 from engine.logging import configure_logging
-from engine.store_demo import prepare_demo_dir, run_store_demo
+from engine.simulate_cli import add_simulate_parser, run_simulate
 from events import EventStoreError, SQLiteEventStore
+
+DEMO_SCALE_SETS = 250
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the event log demo on a fresh SQLite file")
+    demo = commands.add_parser("demo", help="run a whole rollout on a fresh SQLite log")
     demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where the log goes")
-    demo.add_argument("--scale-sets", type=int, default=200, help="how many streams to write")
-    demo.add_argument("--seed", type=int, default=1, help="seed for the generated workload")
+    demo.add_argument("--scale-sets", type=int, default=DEMO_SCALE_SETS, help="fleet size")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the simulated fleet")
+    add_simulate_parser(commands)
 
     verify = commands.add_parser("verify", help="check the hash chain of an event log")
     verify.add_argument("--db", type=Path, required=True, help="path of the SQLite event log")
@@ -94,11 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "demo":
-            if args.scale_sets < 1:
-                print("error: --scale-sets must be at least 1", file=sys.stderr)
-                return 2
-            path = prepare_demo_dir(args.dir)
-            return asyncio.run(run_store_demo(path, args.scale_sets, args.seed))
+            return _demo(args)
+        if args.command == "simulate":
+            return run_simulate(args)
         if not args.db.is_file():
             print(f"error: {args.db} does not exist", file=sys.stderr)
             return 2
@@ -112,6 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if not 4 <= args.scale_sets <= 5000:
+        print("error: --scale-sets must be from 4 (one of each kind) to 5000", file=sys.stderr)
+        return 2
+    try:
+        path = prepare_demo_dir(args.dir)
+    except OSError as exc:
+        print(f"error: cannot use --dir {args.dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_demo(path, args.scale_sets, args.seed))
 
 
 async def _read_command(args: argparse.Namespace) -> int:

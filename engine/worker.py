@@ -160,7 +160,9 @@ class ScaleSetWorker:
         elif future.exception() is not None:
             self._append_error = self._append_error or future.exception()
         else:
-            self._log.debug("committed", position=future.result()[-1])
+            # Every later line of this worker says how far its log had got.
+            self._log = self._log.bind(position=future.result()[-1])
+            self._log.debug("committed")
         if not self._inflight:
             self._durable.set()
         self.ctx.on_change(self.key)
@@ -181,6 +183,7 @@ class ScaleSetWorker:
             await self.ctx.fleet.provision(self.state.spec, self.state.instance_versions)
         active = self.state.active_upgrade
         if active is not None:
+            self._bind_upgrade(active.upgrade_id)
             self.upgrade = await self.read_upgrade(active.upgrade_id)
             if self.upgrade.request is None:  # crashed between the two appends: redo it
                 self.upgrade = UpgradeState()
@@ -281,6 +284,7 @@ class ScaleSetWorker:
         started = start_upgrade(self.state, started_by, target_version)
         actor = started_by.value
         await self.append_set(started, actor=actor)
+        self._bind_upgrade(started.upgrade_id)
         self.upgrade = UpgradeState()
         request = build_request(self.state, started, self.ctx.settings)
         await self._append(upgrade_stream(started.upgrade_id), [request], 0, self.upgrade, actor)
@@ -361,3 +365,13 @@ class ScaleSetWorker:
             error=upgrade.error.code if upgrade.error else None,
         )
         self.upgrade = None
+        self._bind_upgrade(None)
+
+    def _bind_upgrade(self, upgrade_id: str | None) -> None:
+        """Name the active upgrade in every log line of this worker (and of its fleet calls)."""
+        if upgrade_id is None:
+            self._log = self._log.unbind("upgrade_id")
+            structlog.contextvars.unbind_contextvars("upgrade_id")
+        else:
+            self._log = self._log.bind(upgrade_id=upgrade_id)
+            structlog.contextvars.bind_contextvars(upgrade_id=upgrade_id)
