@@ -28,6 +28,7 @@ from engine.scenario import RESOURCE_GROUP, SUBSCRIPTION, Action, Scenario
 from engine.simulated_fleet import SimulatedFleet
 from events import EventStore, InMemoryEventStore, RecordedEvent
 from projections.fleet_view import FleetView
+from projections.upgrade_view import JSON, expand
 
 log = structlog.get_logger("osupgrade.simulate")
 
@@ -320,16 +321,20 @@ async def fold_outcome(
 
 
 def _count(outcome: Outcome, event: RecordedEvent) -> None:
-    kind = event.type
+    for kind, data in expand(event.type, event.data):  # a group counts as its items
+        _count_one(outcome, kind, data, event.occurred_at)
+
+
+def _count_one(outcome: Outcome, kind: str, data: JSON, at: datetime) -> None:
     if kind == "upgrade.requested":
-        if outcome.first_start is None or event.occurred_at < outcome.first_start:
-            outcome.first_start = event.occurred_at
+        if outcome.first_start is None or at < outcome.first_start:
+            outcome.first_start = at
     elif kind in ("upgrade.completed", "upgrade.faulted", "upgrade.cancelled"):
         outcome.upgrades[kind.removeprefix("upgrade.").capitalize()] += 1
-        if outcome.last_end is None or event.occurred_at > outcome.last_end:
-            outcome.last_end = event.occurred_at
+        if outcome.last_end is None or at > outcome.last_end:
+            outcome.last_end = at
         if kind == "upgrade.faulted":
-            outcome.faults[event.data["code"]] += 1
+            outcome.faults[data["code"]] += 1
     elif kind == "upgrade.instance_healthy":
         outcome.upgraded += 1
     elif kind in ("upgrade.instance_health_timeout", "upgrade.instance_reimage_failed"):
@@ -359,19 +364,23 @@ class _TimelineFolder:
             self._close(self.current_us)
         self.current_us = event.occurred_us
         self._markers_until(event.occurred_at)
-        if event.type == "scaleset.created":
-            key = event.stream_id.removeprefix("vmss-")
-            for instance_id in event.data["instance_versions"]:
+        for kind, data in expand(event.type, event.data):  # a group folds as its items
+            self._apply_one(event.stream_id, kind, data)
+
+    def _apply_one(self, stream_id: str, kind: str, data: JSON) -> None:
+        if kind == "scaleset.created":
+            key = stream_id.removeprefix("vmss-")
+            for instance_id in data["instance_versions"]:
                 self._set((key, instance_id), "current")
             return
-        state = _STATE_OF_EVENT.get(event.type)
-        if state is not None and "instance_id" in event.data:
-            key = self.upgrade_sets.get(event.stream_id, "")
-            self._set((key, event.data["instance_id"]), state)
+        state = _STATE_OF_EVENT.get(kind)
+        if state is not None and "instance_id" in data:
+            key = self.upgrade_sets.get(stream_id, "")
+            self._set((key, data["instance_id"]), state)
             if state in ("upgrading", "rolled back"):
-                self.forced.discard((key, event.data["instance_id"]))  # a new OS disk
-        elif event.type == "upgrade.requested":
-            self.upgrade_sets[event.stream_id] = event.data["scale_set"]
+                self.forced.discard((key, data["instance_id"]))  # a new OS disk
+        elif kind == "upgrade.requested":
+            self.upgrade_sets[stream_id] = data["scale_set"]
 
     def _set(self, instance: tuple[str, str], state: str) -> None:
         old = self.state.get(instance)
