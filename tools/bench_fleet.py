@@ -146,7 +146,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", help="comma-separated SxI sizes, each in its own process")
+    parser.add_argument(
+        "--sizes", help="comma-separated SxI sizes (e.g. 100x10,1000x100), each in its own process"
+    )
     parser.add_argument("--scale-sets", type=int, default=100)
     parser.add_argument("--instances", type=int, default=10)
     parser.add_argument("--db", type=Path, default=None, help="log file (default: a temp dir)")
