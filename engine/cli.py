@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from engine.api.cli import add_serve_command, run_serve
 from engine.cli_read import (
     audit_verify,
     parse_as_of,
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", type=Path, required=True)
         sub.add_argument("--scale-set", required=True, help="subscription/resourceGroup/name")
         sub.add_argument("--as-of", type=_as_of_arg, help="a global position or RFC 3339 time")
+    add_serve_command(commands)
     return parser
 
 
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             path = prepare_demo_dir(args.dir)
             return asyncio.run(run_store_demo(path, args.scale_sets, args.seed))
+        if args.command == "serve":
+            return run_serve(args)
         if not args.db.is_file():
             print(f"error: {args.db} does not exist", file=sys.stderr)
             return 2
