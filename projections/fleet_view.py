@@ -89,10 +89,15 @@ class FleetView:
 
     def latest(self, key: str) -> JSON | None:
         """The latest rolling upgrade of a scale set (None if it never had one)."""
+        view = self.latest_view(key)
+        return view.latest() if view is not None else None
+
+    def latest_view(self, key: str) -> UpgradeView | None:
+        """The view behind ``latest`` (the HTTP API caches its encoded form)."""
         ids = self.scale_sets.get(key.lower())
-        if not ids or ids[-1] not in self.upgrades:
+        if not ids:
             return None
-        return self.upgrades[ids[-1]].latest()
+        return self.upgrades.get(ids[-1])
 
     def history(self, key: str, now: datetime) -> list[JSON]:
         """The last five OS upgrade attempts within two months before ``now``, newest first."""

@@ -12,8 +12,10 @@ import math
 import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
+from starlette.requests import Request
 
 from engine.api.errors import ApiError, invalid
 from engine.domain.events import SimulationProfile
@@ -96,6 +98,27 @@ def api_version(value: str | None) -> str:
             f"'{', '.join(sorted(API_VERSIONS))}'.",
         )
     return value
+
+
+def query_params(request: Request) -> dict[str, str]:
+    """The query string as a dict, parsed once per request (first value of each name).
+
+    Cheaper than Starlette's ``QueryParams`` on the hot reads: most query strings here
+    are just ``api-version=...`` and need no unquoting.
+    """
+    scope = request.scope
+    cached: dict[str, str] | None = scope.get("osupgrade.query")
+    if cached is not None:
+        return cached
+    raw = scope["query_string"].decode("latin-1")
+    parsed: dict[str, str] = {}
+    for pair in raw.split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in pair or "+" in pair:
+            name, value = unquote_plus(name), unquote_plus(value)
+        parsed.setdefault(name, value)
+    scope["osupgrade.query"] = parsed
+    return parsed
 
 
 def load_json(body: bytes, *, optional: bool = False) -> Any:

@@ -80,6 +80,7 @@ class ApiServer:
                 build_app(service, settings.tokens),
                 log_config=None,
                 access_log=False,
+                proxy_headers=False,
                 lifespan="off",
                 server_header=False,
                 timeout_graceful_shutdown=GRACE_S,

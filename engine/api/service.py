@@ -18,6 +18,7 @@ from typing import Literal
 import structlog
 
 from engine.api.auth import Token
+from engine.api.cache import RenderCache
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
@@ -64,6 +65,7 @@ class ApiService:
         self.fleet = fleet
         self.runner = runner
         self.advance_lock = asyncio.Lock()
+        self.cache = RenderCache()
 
     @property
     def clock(self) -> EngineClock:
