@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
+from typing import Any
 
 import structlog
 import uvicorn
@@ -81,6 +82,7 @@ class ApiServer:
                 log_config=None,
                 access_log=False,
                 proxy_headers=False,
+                http=_protocol(),
                 lifespan="off",
                 server_header=False,
                 timeout_graceful_shutdown=GRACE_S,
@@ -126,6 +128,15 @@ def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> Non
     server = ApiServer(settings)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.run(on_ready))
+
+
+def _protocol() -> Any:
+    """The coalescing httptools protocol when httptools is installed, else uvicorn's pick."""
+    try:
+        from engine.api.protocol import CoalescingHttpToolsProtocol  # noqa: PLC0415
+    except ImportError:
+        return "auto"
+    return CoalescingHttpToolsProtocol
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
