@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -47,7 +48,8 @@ class LiveServer:
         self.server = server
         self.loop = loop
         self.url = server.base_url
-        self.http = client(self.url, {"Authorization": f"Bearer {TOKEN}"})
+        self.ca = server.settings.tls_cert  # self-signed: the certificate is its own CA
+        self.http = client(self.url, {"Authorization": f"Bearer {TOKEN}"}, self.ca)
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the server's loop and return its result."""
@@ -82,11 +84,12 @@ class LiveServer:
         )
 
 
-def client(url: str, headers: dict[str, str]) -> httpx.Client:
+def client(url: str, headers: dict[str, str], ca: Path | None = None) -> httpx.Client:
     """An httpx client with TCP_NODELAY: without it, a request whose body goes out in a
     second write waits ~40 ms for the server's delayed ACK (Nagle)."""
     nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    transport = httpx.HTTPTransport(socket_options=nodelay)
+    verify = ssl.create_default_context(cafile=str(ca)) if ca is not None else True
+    transport = httpx.HTTPTransport(socket_options=nodelay, verify=verify)
     return httpx.Client(base_url=url, headers=headers, timeout=60, transport=transport)
 
 
