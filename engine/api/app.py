@@ -102,7 +102,12 @@ class Resource:
             error = from_domain(exc)
             if error is not None:
                 return error.response()
-            log.exception("request failed", method=request.method, path=request.url.path)
+            log.exception(
+                "request failed",
+                method=request.method,
+                path=request.url.path,
+                request_id=request.scope.get("osupgrade.request_id"),
+            )
             body = error_body("InternalServerError", "The server had an unexpected error.")
             return json_response(body, 500)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from engine.api.auth import Token, generate_token, parse_token
 from engine.api.server import run_forever
 from engine.api.service import ServeSettings
+from engine.engine import WorkerCrashedError
 from engine.logging import configure_logging
+from events import EventStoreError
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,6 +66,11 @@ def run_serve(args: argparse.Namespace) -> int:
         run_forever(settings, ready)
     except OSError as exc:
         return _fail(f"cannot serve on {args.host}:{args.port}: {exc}")
+    except EventStoreError as exc:
+        return _fail(str(exc))
+    except WorkerCrashedError as exc:
+        print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
+        return 1
     return 0
 
 

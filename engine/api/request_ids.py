@@ -27,6 +27,7 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         request_id = f"{self._prefix}{next(self._counter):012x}".encode()
+        scope["osupgrade.request_id"] = request_id.decode()  # for log lines about it
         correlation = request_id
         for name, value in scope["headers"]:
             if name in (b"x-ms-correlation-request-id", b"x-ms-client-request-id"):
