@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,6 +43,7 @@ from engine.api.parsing import (
     parse_simulation,
     query_params,
 )
+from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
@@ -291,31 +291,24 @@ async def approve_instance(request: Request, service: ApiService) -> Response:
 async def get_latest(request: Request, service: ApiService) -> Response:
     """GET VMSS/rollingUpgrades/latest (404 when the set never had one)."""
     worker = await _worker(service, request)
-    view = service.runner.view.latest_view(worker.key)
-    if view is None:
+    body = latest_body(service, worker.key)
+    if body is None:
         raise not_found("The entity was not found in this Azure location.")
-    return _raw_json(service.cache.latest(view))
+    return _raw_json(body)
 
 
 async def get_history(request: Request, service: ApiService) -> Response:
     """GET VMSS/osUpgradeHistory: paged, ``$skiptoken`` = last upgrade id of a page."""
     worker = await _worker(service, request)
-    views = service.runner.view.history_views(worker.key, service.clock.now())
     query = query_params(request)
-    start = 0
-    token = query.get("$skiptoken")
-    if token is not None:
-        ids = [v.upgrade_id for v in views]
-        start = ids.index(token) + 1 if token in ids else len(views)
-    size = service.settings.history_page_size
-    page = views[start : start + size]
-    items = b",".join(service.cache.history_item(v) for v in page)
-    next_link = b""
-    if page and start + size < len(views):
-        url = f"{_base_url(request)}{request.url.path}"
-        link = f"{url}?api-version={query['api-version']}&$skiptoken={page[-1].upgrade_id}"
-        next_link = b',"nextLink":' + orjson.dumps(link)
-    return _raw_json(b'{"value":[' + items + b"]" + next_link + b"}")
+    url = f"{_base_url(request)}{request.url.path}"
+
+    def next_link(last: str) -> str:
+        return f"{url}?api-version={query['api-version']}&$skiptoken={last}"
+
+    body = history_body(service, worker.key, query.get("$skiptoken"), next_link)
+    assert body is not None  # with a link maker there is always a page
+    return _raw_json(body)
 
 
 def _raw_json(body: bytes) -> Response:
@@ -437,10 +430,10 @@ async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
-    """The ASGI application: request ids, bearer auth, then the routes.
+    """The ASGI application: request ids, bearer auth, the hot-read fast path, the routes.
 
     A bare Starlette ``Router`` rather than a ``Starlette`` app: the reads are hot, and
     the app's error and exception middleware add nothing that ``Resource`` does not do.
     """
     router = Router(routes(service), redirect_slashes=False, default=_no_route)
-    return RequestIds(BearerAuth(router, tokens))
+    return RequestIds(BearerAuth(HotReads(router, service), tokens))
