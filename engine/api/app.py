@@ -42,6 +42,7 @@ from engine.api.parsing import (
     parse_scale_set,
     parse_simulation,
     query_params,
+    read_body,
 )
 from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
@@ -154,7 +155,7 @@ async def put_scale_set(request: Request, service: ApiService) -> Response:
     """PUT VMSS: 201 create, 200 update (the engine applies the model at once)."""
     sub, rg, name = _path(request)
     check_resource_path(sub, rg, name)
-    body = load_json(await request.body())
+    body = load_json(await read_body(request))
     version = query_params(request)["api-version"]
     spec = parse_scale_set(
         body, subscription=sub, resource_group=rg, name=name, api_version=version
@@ -169,7 +170,7 @@ async def patch_scale_set(request: Request, service: ApiService) -> Response:
     """PATCH VMSS: JSON merge patch onto the current model, then the PUT checks."""
     sub, rg, _ = _path(request)
     worker = await _worker(service, request)
-    patch = load_json(await request.body())
+    patch = load_json(await read_body(request))
     if not isinstance(patch, dict):
         raise ApiError(400, "InvalidRequestContent", "The request content must be a JSON object.")
     merged = merge_patch(render_scale_set(_spec(worker)), patch)
@@ -244,7 +245,7 @@ async def simulate_health(request: Request, service: ApiService) -> Response:
     """POST VMSS/virtualMachines/{instance}/simulateHealth (simulated fleet only)."""
     worker = await _worker(service, request)
     instance = request.path_params["instance"]
-    state = parse_health_state(load_json(await request.body()))
+    state = parse_health_state(load_json(await read_body(request)))
     if instance not in worker.state.instance_versions:
         raise not_found(f"The instance '{instance}' does not exist in this scale set.")
     service.fleet.force_health(worker.key, instance, state)
@@ -273,7 +274,7 @@ async def cancel_upgrade(request: Request, service: ApiService) -> Response:
 async def approve_upgrade(request: Request, service: ApiService) -> Response:
     """POST VMSS/approveRollingUpgrade (optional ``{"instanceIds": [...]}``)."""
     worker = await _worker(service, request)
-    ids = parse_instance_ids(load_json(await request.body(), optional=True))
+    ids = parse_instance_ids(load_json(await read_body(request), optional=True))
     upgrade_id = await service.engine.approve_upgrade(*_path(request), ids)
     await service.projected()
     return _accepted(request, _spec(worker), OperationRef("approve", upgrade_id))
@@ -365,7 +366,7 @@ async def publish_image_version(request: Request, service: ApiService) -> Respon
     """PUT .../versions/{version} (non-Azure): publish, with optional simulation profile."""
     loc, pub, offer, sku = _family(request)
     version = request.path_params["version"]
-    simulation = parse_simulation(load_json(await request.body(), optional=True))
+    simulation = parse_simulation(load_json(await read_body(request), optional=True))
     await service.engine.publish_image_version(loc, pub, offer, sku, version, simulation)
     await service.projected()
     sub = request.path_params["sub"]
@@ -384,7 +385,7 @@ async def get_clock(request: Request, service: ApiService) -> Response:
 
 async def advance_clock(request: Request, service: ApiService) -> Response:
     """POST /admin/clock/advance: answers once all work due by then is done and projected."""
-    seconds = parse_advance(load_json(await request.body()))
+    seconds = parse_advance(load_json(await read_body(request)))
     clock = service.virtual
     if clock is None:
         raise ApiError(409, "OperationNotAllowed", "The server runs on the real clock.")

@@ -121,6 +121,30 @@ def query_params(request: Request) -> dict[str, str]:
     return parsed
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (400) as soon as it exceeds ``MAX_BODY_BYTES``.
+
+    Read chunk by chunk, so an oversized or endless body is never held in memory.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        400, "InvalidRequestContent", f"The request content exceeds {MAX_BODY_BYTES} bytes."
+    )
+
+
 def load_json(body: bytes, *, optional: bool = False) -> Any:
     """Decode a request body; an empty body is ``{}`` when ``optional``."""
     if not body.strip():
@@ -128,9 +152,7 @@ def load_json(body: bytes, *, optional: bool = False) -> Any:
             return {}
         raise ApiError(400, "InvalidRequestContent", "The request content is empty.")
     if len(body) > MAX_BODY_BYTES:
-        raise ApiError(
-            400, "InvalidRequestContent", f"The request content exceeds {MAX_BODY_BYTES} bytes."
-        )
+        raise _too_large()
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -163,3 +164,17 @@ def test_operation_status_resources(server: LiveServer) -> None:
     assert server.http.get(monitor_url).status_code == 200
     other = status_url.replace("0001/providers", "0002/providers")  # another subscription
     assert server.http.get(other).status_code in (403, 404)
+
+
+def test_oversized_bodies_are_refused_unread(server: LiveServer) -> None:
+    huge = b"[" * 300_000
+    assert refused(server, "PUT", vmss_path("web"), content=huge)["code"] == (
+        "InvalidRequestContent"
+    )
+
+    def endless() -> Iterator[bytes]:  # chunked, no Content-Length
+        for _ in range(100):
+            yield b" " * 10_000
+
+    error = refused(server, "PUT", vmss_path("web"), content=endless())
+    assert "exceeds" in error["message"]
