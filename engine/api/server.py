@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import socket
 import threading
@@ -128,8 +129,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _ToStructlog(logging.Handler):
+    """Sends uvicorn's standard-library log records through structlog (one log format)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = structlog.get_logger(record.name)
+        if record.exc_info:
+            logger.log(record.levelno, record.getMessage(), exc_info=record.exc_info)
+        else:
+            logger.log(record.levelno, record.getMessage())
+
+
+def _bridge_uvicorn_logs() -> None:
+    uvicorn_log = logging.getLogger("uvicorn")
+    if not any(isinstance(h, _ToStructlog) for h in uvicorn_log.handlers):
+        uvicorn_log.addHandler(_ToStructlog())
+    uvicorn_log.setLevel(logging.INFO)
+    uvicorn_log.propagate = False
+
+
 def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
     """Run a server in this thread's own event loop (uvloop when installed)."""
+    _bridge_uvicorn_logs()
     server = ApiServer(settings)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.run(on_ready))

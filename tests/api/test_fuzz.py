@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from tests.api.errors_bodies import valid_bodies
-from tests.api.live import API, LiveServer
+from tests.api.live import API, LiveServer, vmss_path
 
 SEED = 20261122
 CASES = 320
@@ -87,3 +87,22 @@ def test_mutated_bodies_never_5xx_and_refusals_write_nothing(server: LiveServer)
             assert "retry-after" not in response.headers, where
             assert response.json()["error"]["code"], where
     assert refused > CASES // 2  # the mutations mostly break the bodies, as intended
+
+
+def test_odd_query_strings_and_paths_never_5xx(server: LiveServer) -> None:
+    rng = random.Random(SEED + 1)
+    bodies = valid_bodies()
+    server.http.put(bodies["put"][0], params={"api-version": API}, json=bodies["put"][2])
+    pieces = ["api-version=" + API, "api-version=", "api-version=%00", "api-version=2018-06-01",
+              "$skiptoken=", "$skiptoken=zz", "$skiptoken=%ff%fe", "$expand=instanceView",
+              "$top=0", "$top=-1", "$top=99999999999999999999", "$orderby=name%20desc",
+              "monitor=true", "a=b=c", "&&", "%", "api-version=" + API + "%20"]  # fmt: skip
+    paths = ["/rollingUpgrades/latest", "/osUpgradeHistory", "/virtualMachines", "",
+             "/virtualMachines/0", "/rollingUpgrades", "/%2e%2e/x"]  # fmt: skip
+    for _ in range(120):
+        query = "&".join(rng.sample(pieces, rng.randint(0, 3)))
+        path = vmss_path("fuzz", rng.choice(paths)) + "?" + query
+        response = server.http.get(path)
+        assert response.status_code < 500, (path, response.text)
+        if response.status_code >= 400:
+            assert response.json()["error"]["code"], path
