@@ -72,6 +72,12 @@ class LiveServer:
         response = self.http.put(path, params={"api-version": API}, json=body)
         assert response.status_code == 201, response.text
 
+    def publish_image(self, publisher: str, offer: str, sku: str, version: str) -> None:
+        """Publish a version of any platform image in the test location."""
+        path = image_path(version, (publisher, offer, sku))
+        response = self.http.put(path, params={"api-version": API})
+        assert response.status_code == 201, response.text
+
     def sdk(self) -> ComputeManagementClient:
         """azure-mgmt-compute pointed at this server (plain http, static bearer token)."""
         return ComputeManagementClient(
@@ -93,9 +99,9 @@ def client(url: str, headers: dict[str, str], ca: Path | None = None) -> httpx.C
     return httpx.Client(base_url=url, headers=headers, timeout=60, transport=transport)
 
 
-def image_path(version: str | None = None) -> str:
-    """The image versions path of Ubuntu 18.04 in the test location."""
-    publisher, offer, sku = UBUNTU
+def image_path(version: str | None = None, image: tuple[str, str, str] = UBUNTU) -> str:
+    """The image versions path of ``image`` (Ubuntu 18.04) in the test location."""
+    publisher, offer, sku = image
     path = (
         f"/subscriptions/{SUB}/providers/Microsoft.Compute/locations/{LOCATION}"
         f"/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"

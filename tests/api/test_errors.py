@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.api.errors_bodies import valid_bodies
 from tests.api.live import API, LOCATION, UBUNTU, LiveServer, image_path, vmss_path
 
 
@@ -178,3 +179,35 @@ def test_oversized_bodies_are_refused_unread(server: LiveServer) -> None:
 
     error = refused(server, "PUT", vmss_path("web"), content=endless())
     assert "exceeds" in error["message"]
+
+
+def test_a_get_body_put_back_changes_nothing(server: LiveServer) -> None:
+    """The rendered model parses back to the same model (PATCH relies on it)."""
+    path, _, full = valid_bodies()["put"]
+    q = {"api-version": API}
+    assert server.http.put(path, params=q, json=full).status_code == 201
+    first = server.http.get(path, params=q).json()
+    assert server.http.put(path, params=q, json=first).status_code == 200
+    assert server.http.get(path, params=q).json() == first
+    extensions = first["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
+    assert [e["properties"]["type"] for e in extensions] == [
+        "ApplicationHealthLinux",
+        "CustomScript",
+    ]
+
+
+def test_windows_automatic_updates_are_turned_off_and_cannot_be_on(server: LiveServer) -> None:
+    windows = body()
+    profile = windows["properties"]["virtualMachineProfile"]
+    profile["storageProfile"]["imageReference"].update(
+        publisher="MicrosoftWindowsServer", offer="WindowsServer", sku="2019-Datacenter"
+    )
+    server.publish_image("MicrosoftWindowsServer", "WindowsServer", "2019-Datacenter", "1.0.0")
+    profile["osProfile"] = {"windowsConfiguration": {"enableAutomaticUpdates": True}}
+    error = refused(server, "PUT", vmss_path("win"), json=windows)
+    assert error["target"].endswith("windowsConfiguration.enableAutomaticUpdates")
+    profile["osProfile"] = {"windowsConfiguration": {}}
+    created = server.http.put(vmss_path("win"), params={"api-version": API}, json=windows)
+    assert created.status_code == 201
+    config = created.json()["properties"]["virtualMachineProfile"]["osProfile"]
+    assert config["windowsConfiguration"]["enableAutomaticUpdates"] is False
