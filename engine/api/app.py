@@ -426,8 +426,47 @@ def routes(service: ApiService) -> list[Route]:
     ]  # fmt: skip
 
 
-async def _no_route(scope: Scope, receive: Receive, send: Send) -> None:
-    await not_found("No such endpoint.").response()(scope, receive, send)
+class CaseInsensitivePaths:
+    """The router's fallback: ARM matches a path's fixed segments case-insensitively.
+
+    A path that matched no route is compared with each route's template ignoring the
+    case of the fixed segments (``resourcegroups`` for ``resourceGroups``); if one fits,
+    the request goes back to the router with those segments in canonical case. Names
+    keep their case. Only unmatched paths pay for the comparison.
+    """
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.templates = [route.path.split("/") for route in routes]
+        self.router: ASGIApp | None = None
+
+    def canonical(self, path: str) -> str | None:
+        """``path`` with its fixed segments in the routes' case, or None if none fits."""
+        parts = path.split("/")
+        for template in self.templates:
+            if len(template) == len(parts):
+                fixed = _fit(template, parts)
+                if fixed is not None and fixed != parts:
+                    return "/".join(fixed)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fixed = self.canonical(scope["path"]) if scope["type"] == "http" else None
+        if fixed is None or self.router is None:
+            await not_found("No such endpoint.").response()(scope, receive, send)
+            return
+        await self.router({**scope, "path": fixed, "raw_path": fixed.encode()}, receive, send)
+
+
+def _fit(template: list[str], parts: list[str]) -> list[str] | None:
+    out = []
+    for want, got in zip(template, parts, strict=True):
+        if want.startswith("{"):
+            out.append(got)
+        elif want.lower() == got.lower():
+            out.append(want)
+        else:
+            return None
+    return out
 
 
 def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
@@ -436,5 +475,8 @@ def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
     A bare Starlette ``Router`` rather than a ``Starlette`` app: the reads are hot, and
     the app's error and exception middleware add nothing that ``Resource`` does not do.
     """
-    router = Router(routes(service), redirect_slashes=False, default=_no_route)
+    table = routes(service)
+    fallback = CaseInsensitivePaths(table)
+    router = Router(table, redirect_slashes=False, default=fallback)
+    fallback.router = router
     return RequestIds(BearerAuth(HotReads(router, service), tokens))

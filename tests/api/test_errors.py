@@ -211,3 +211,18 @@ def test_windows_automatic_updates_are_turned_off_and_cannot_be_on(server: LiveS
     assert created.status_code == 201
     config = created.json()["properties"]["virtualMachineProfile"]["osProfile"]
     assert config["windowsConfiguration"]["enableAutomaticUpdates"] is False
+
+
+def test_fixed_path_segments_match_in_any_case(server: LiveServer) -> None:
+    q = {"api-version": API}
+    assert server.http.put(vmss_path("Web"), params=q, json=body()).status_code == 201
+    lower = (
+        vmss_path("Web")
+        .replace("resourceGroups", "resourcegroups")
+        .replace("virtualMachineScaleSets", "VIRTUALMACHINESCALESETS")
+    )
+    got = server.http.get(lower, params=q)
+    assert got.status_code == 200 and got.json()["name"] == "Web"
+    latest = server.http.get(lower + "/rollingupgrades/LATEST", params=q)  # routed, no upgrade
+    assert "entity was not found" in latest.json()["error"]["message"]
+    assert refused(server, "GET", lower + "/nothing")["code"] == "ResourceNotFound"
