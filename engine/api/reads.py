@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
+import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
 from engine.engine import ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
+
+log = structlog.get_logger("osupgrade.api")
 
 _VMSS_SEGMENTS = ("subscriptions", "resourceGroups", "providers", "Microsoft.Compute")
 _HEADERS = [(b"content-type", b"application/json")]
@@ -60,7 +63,12 @@ class HotReads:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = self._answer(scope) if scope["type"] == "http" else None
+        body = None
+        if scope["type"] == "http":
+            try:
+                body = self._answer(scope)
+            except Exception:
+                log.exception("fast read failed; routing instead", path=scope["path"])
         if body is None:
             await self.app(scope, receive, send)
             return

@@ -104,6 +104,7 @@ class ApiService:
             try:
                 async with runner:
                     service = cls(settings, store, engine, fleet, runner)
+                    await service.projected()  # serve no read older than the log
                     log.info("engine and projection started", db=str(settings.db))
                     yield service
                     await engine.durable()  # decided work reaches the log before we stop
