@@ -248,7 +248,10 @@ async def simulate_health(request: Request, service: ApiService) -> Response:
     state = parse_health_state(load_json(await read_body(request)))
     if instance not in worker.state.instance_versions:
         raise not_found(f"The instance '{instance}' does not exist in this scale set.")
-    service.fleet.force_health(worker.key, instance, state)
+    try:
+        service.fleet.force_health(worker.key, instance, state)
+    except LookupError:  # the model has it, the simulated fleet not (yet)
+        raise not_found(f"The instance '{instance}' has no simulated machine.") from None
     return json_response({"instanceId": instance, "state": state.value})
 
 
