@@ -2,8 +2,8 @@
 
 Sub-commands are thin: they parse arguments (argparse), call the library and print.
 ``demo`` runs a whole rollout on a fresh log; ``simulate`` runs what-if scenarios;
-``verify``/``audit verify``, ``events``, ``status``, ``history`` and ``instances`` read an
-existing log.
+``serve`` runs the ARM-compatible HTTP API; ``verify``/``audit verify``, ``events``,
+``status``, ``history`` and ``instances`` read an existing log.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from engine.api.cli import add_serve_command, run_serve
 from engine.cli_read import (
     audit_verify,
     parse_as_of,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", type=Path, required=True)
         sub.add_argument("--scale-set", required=True, help="subscription/resourceGroup/name")
         sub.add_argument("--as-of", type=_as_of_arg, help="a global position or RFC 3339 time")
+    add_serve_command(commands)
     return parser
 
 
@@ -101,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "simulate":
             return run_simulate(args)
+        if args.command == "serve":
+            return run_serve(args)
         if not args.db.is_file():
             print(f"error: {args.db} does not exist", file=sys.stderr)
             return 2

@@ -310,15 +310,18 @@ class Engine:
 
         return str(await self._submit(scale_set_key(subscription, resource_group, name), start))
 
-    async def cancel_upgrade(self, subscription: str, resource_group: str, name: str) -> None:
-        """Cancel the running upgrade (SPEC 2.2.8)."""
+    async def cancel_upgrade(self, subscription: str, resource_group: str, name: str) -> str:
+        """Cancel the running upgrade (SPEC 2.2.8); returns the id of the upgrade cancelled."""
 
-        async def cancel(worker: ScaleSetWorker) -> None:
-            if worker.upgrade is None or worker.upgrade.finished or worker.upgrade.cancel_requested:
+        async def cancel(worker: ScaleSetWorker) -> str:
+            upgrade = worker.upgrade
+            if upgrade is None or upgrade.finished or upgrade.cancel_requested:
                 raise OperationNotAllowedError("There is no ongoing Rolling Upgrade to cancel.")
+            assert upgrade.request is not None
             await worker.append_upgrade(CancelRequested("User"), actor="User")
+            return upgrade.request.upgrade_id
 
-        await self._submit(scale_set_key(subscription, resource_group, name), cancel)
+        return str(await self._submit(scale_set_key(subscription, resource_group, name), cancel))
 
     async def approve_upgrade(
         self,
@@ -326,14 +329,18 @@ class Engine:
         resource_group: str,
         name: str,
         instance_ids: Iterable[str] | None = None,
-    ) -> None:
-        """Approve deferred instances (all pending ones when ``instance_ids`` is None)."""
+    ) -> str:
+        """Approve deferred instances (all pending ones when ``instance_ids`` is None).
+
+        Returns the id of the upgrade the approval belongs to.
+        """
         wanted = None if instance_ids is None else tuple(instance_ids)
 
-        async def approve(worker: ScaleSetWorker) -> None:
+        async def approve(worker: ScaleSetWorker) -> str:
             upgrade = worker.upgrade
             if upgrade is None or upgrade.finished:
                 raise OperationNotAllowedError("There is no ongoing Rolling Upgrade to approve.")
+            assert upgrade.request is not None
             pending = [i for i, p in upgrade.instances.items() if p.phase == Phase.PENDING]
             chosen = pending if wanted is None else [i for i in wanted if i in upgrade.instances]
             if wanted is not None and len(chosen) != len(wanted):
@@ -341,8 +348,9 @@ class Engine:
                     "instanceIds", "names instances this upgrade does not touch"
                 )
             await worker.append_upgrade(InstancesApproved(tuple(chosen)), actor="User")
+            return upgrade.request.upgrade_id
 
-        await self._submit(scale_set_key(subscription, resource_group, name), approve)
+        return str(await self._submit(scale_set_key(subscription, resource_group, name), approve))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -407,6 +415,15 @@ class Engine:
             task.cancel()
         if waiter not in done:
             raise EngineStalledError(f"{what}: every worker is idle and no timer is pending")
+
+    async def durable(self) -> None:
+        """Wait until everything every worker has decided so far is in the log.
+
+        Workers decide ahead of their commits; a caller that reads the log (or a
+        projection of it) after the engine went quiet needs this first.
+        """
+        for worker in list(self._workers.values()):
+            await worker.durable()
 
     async def settle(self) -> None:
         """Wait until no worker has anything to do at the current engine time."""

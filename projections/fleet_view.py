@@ -89,20 +89,29 @@ class FleetView:
 
     def latest(self, key: str) -> JSON | None:
         """The latest rolling upgrade of a scale set (None if it never had one)."""
+        view = self.latest_view(key)
+        return view.latest() if view is not None else None
+
+    def latest_view(self, key: str) -> UpgradeView | None:
+        """The view behind ``latest`` (the HTTP API caches its encoded form)."""
         ids = self.scale_sets.get(key.lower())
-        if not ids or ids[-1] not in self.upgrades:
+        if not ids:
             return None
-        return self.upgrades[ids[-1]].latest()
+        return self.upgrades.get(ids[-1])
 
     def history(self, key: str, now: datetime) -> list[JSON]:
         """The last five OS upgrade attempts within two months before ``now``, newest first."""
+        return [v.history_item() for v in self.history_views(key, now)]
+
+    def history_views(self, key: str, now: datetime) -> list[UpgradeView]:
+        """The views behind ``history`` (the HTTP API pages through them by upgrade id)."""
         since = months_before(now, 2)
         views = [
             self.upgrades[u] for u in self.scale_sets.get(key.lower(), []) if u in self.upgrades
         ]
         recent = [v for v in views if v.start_time is not None and since <= v.start_time <= now]
         recent.sort(key=lambda v: v.start_time or now, reverse=True)
-        return [v.history_item() for v in recent[:HISTORY_LIMIT]]
+        return recent[:HISTORY_LIMIT]
 
 
 async def fleet_as_of(

@@ -1,0 +1,93 @@
+"""The ``osupgrade serve`` sub-command: arguments in, ``ApiServer`` out."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine.api.auth import Token, generate_token, parse_token
+from engine.api.server import run_forever
+from engine.api.service import ServeSettings
+from engine.engine import WorkerCrashedError
+from engine.logging import configure_logging
+from events import EventStoreError
+
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``serve`` on the main parser's sub-commands."""
+    serve = commands.add_parser("serve", help="run the ARM-compatible HTTP API with the engine")
+    serve.add_argument("--db", type=Path, required=True, help="SQLite event log (created if new)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    serve.add_argument("--clock", choices=["real", "virtual"], default="real")
+    serve.add_argument("--speed", type=float, default=1.0, help="real clock speed-up")
+    serve.add_argument(
+        "--auth-token",
+        action="append",
+        default=[],
+        metavar="TOKEN[:SUB1,SUB2]",
+        help="accepted bearer token, optionally limited to subscriptions (repeatable)",
+    )
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the simulated fleet")
+    serve.add_argument("--history-page-size", type=int, default=5)
+    serve.add_argument("--fleet-journal", type=Path, help="keep simulated machines across restarts")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Check the arguments, print how to reach the server, serve until a signal."""
+    try:
+        tokens = tuple(parse_token(t) for t in args.auth_token)
+    except ValueError as exc:
+        return _fail(str(exc))
+    problem = _check(args)
+    if problem:
+        return _fail(problem)
+    generated: Token | None = None
+    if not tokens:
+        generated = generate_token()
+        tokens = (generated,)
+    settings = ServeSettings(
+        db=args.db, host=args.host, port=args.port, clock=args.clock, speed=args.speed,
+        tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
+        history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
+    )  # fmt: skip
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+
+    def ready(url: str) -> None:
+        print(f"osupgrade serving {url} ({args.clock} clock, log {args.db})", flush=True)
+        if generated is not None:
+            print(f"auth token (generated): {generated.secret}", flush=True)
+
+    try:
+        run_forever(settings, ready)
+    except OSError as exc:
+        return _fail(f"cannot serve on {args.host}:{args.port}: {exc}")
+    except EventStoreError as exc:
+        return _fail(str(exc))
+    except WorkerCrashedError as exc:
+        print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    if not 0 <= args.port <= 65535:
+        return "--port must be between 0 and 65535"
+    if args.speed <= 0:
+        return "--speed must be > 0"
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    if args.history_page_size < 1:
+        return "--history-page-size must be at least 1"
+    if args.db.exists() and not args.db.is_file():
+        return f"{args.db} is not a file"
+    return None
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,74 @@
+"""ARM error bodies: ``{"error": {"code", "message", "target", "details"}}``.
+
+Every refusal goes through ``ApiError`` so that status, code and shape stay the ones
+azure-mgmt-compute maps to its exceptions (401 -> ClientAuthenticationError, 404 ->
+ResourceNotFoundError, 409 -> ResourceExistsError, others -> HttpResponseError). No
+error response ever carries ``Retry-After``: azure-core retries any error that has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from engine.domain.scale_set import OperationNotAllowedError
+from engine.domain.validation import InvalidParameterError
+from engine.engine import ScaleSetNotFoundError
+
+
+class ApiError(Exception):
+    """A refused request: HTTP status plus the ARM error code, message and target."""
+
+    def __init__(self, status: int, code: str, message: str, target: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        """The ARM-shaped JSON response for this error."""
+        return json_response(error_body(self.code, self.message, self.target), self.status, headers)
+
+
+def error_body(code: str, message: str, target: str | None = None) -> dict[str, Any]:
+    """``CloudError``: the body of every error response and of a failed operation."""
+    return {"error": {"code": code, "message": message, "target": target, "details": []}}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON via orjson: several times cheaper than ``json.dumps`` on the hot read paths."""
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def invalid(target: str, message: str) -> ApiError:
+    """400 ``InvalidParameter`` naming the offending property."""
+    return ApiError(400, "InvalidParameter", message, target)
+
+
+def not_found(message: str) -> ApiError:
+    """404 ``ResourceNotFound``."""
+    return ApiError(404, "ResourceNotFound", message)
+
+
+def scale_set_not_found(resource_group: str, name: str) -> ApiError:
+    """ARM's wording for a missing scale set."""
+    return not_found(
+        f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{name}' under resource "
+        f"group '{resource_group}' was not found."
+    )
+
+
+def from_domain(exc: Exception) -> ApiError | None:
+    """Translate the engine's refusals; None for anything unexpected (a bug: 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidParameterError):
+        return invalid(exc.target, exc.message)
+    if isinstance(exc, ScaleSetNotFoundError):
+        return not_found(str(exc))
+    if isinstance(exc, OperationNotAllowedError):
+        return ApiError(409, "OperationNotAllowed", str(exc))
+    return None
