@@ -307,14 +307,31 @@ class ScaleSetWorker:
         if effects:
             await self._carry_out(effects)
             return
+        await self._decide_now(upgrade)
+
+    async def _decide_now(self, upgrade: UpgradeState) -> None:
+        """Decide until nothing more is due at this instant, then wait.
+
+        Consecutive decisions of one instant (instances healthy, then the batch done,
+        then the next batch) share one health reading: time stands still while the
+        worker is busy, so a second reading would only repeat the first. Intents to
+        carry out, a command in the inbox or the end of the upgrade go back to ``step``.
+        """
         spec = self.state.spec
         assert spec is not None
-        needed = upgrade.health_needed()
-        health: dict[str, Health] = await self.ctx.fleet.read_health(spec, needed) if needed else {}
-        decision = decide(upgrade, health, self.ctx.clock.now())
-        if decision.events:
+        now = self.ctx.clock.now()
+        health: dict[str, Health] = {}
+        while True:
+            needed = upgrade.health_needed()
+            if any(i not in health for i in needed):  # one reading of all it needs
+                health = await self.ctx.fleet.read_health(spec, needed)
+            decision = decide(upgrade, health, now)
+            if not decision.events:
+                break
             await self.append_upgrade(*decision.events)
-        elif not self._inbox:
+            if upgrade.finished or self._inbox or upgrade.pending_effects():
+                return
+        if not self._inbox:
             await self._wait(decision.wait_until)
 
     async def _carry_out(
