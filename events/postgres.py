@@ -415,14 +415,17 @@ class PostgresEventStore:
                 self._log.exception("event store writer stopped")
             raise
 
-    async def _commit_group(self, group: list[Append], *, careful: bool) -> None:
+    async def _commit_group(
+        self, group: list[Append], *, careful: bool, retry: bool = True
+    ) -> None:
         """Write one group in one transaction and settle every caller's future.
 
         Under the advisory lock the tail and the stream versions read are exact: if
         another process appended since our last commit, the caches are dropped first.
         The fast path does not look event ids up; a reused id makes the insert fail,
         and the group is then redone one append at a time, carefully (with ids looked
-        up), so one bad append cannot fail the others.
+        up), so one bad append cannot fail the others. A connection lost before
+        ``COMMIT`` was sent wrote nothing: the group is retried once on a new one.
         """
         committing = False
         try:
@@ -446,6 +449,10 @@ class PostgresEventStore:
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the callers
             await self._rollback()
             self._versions.clear()  # the cache may reflect a transaction that did not commit
+            if retry and not committing and self._writer_lost():
+                self._log.warning("writer connection lost; retrying the group", error=repr(exc))
+                await self._commit_group(group, careful=careful, retry=False)
+                return
             if isinstance(exc, asyncpg.UniqueViolationError) and (len(group) > 1 or not careful):
                 for item in group:
                     await self._commit_group([item], careful=True)
@@ -466,6 +473,9 @@ class PostgresEventStore:
             self._writer = await self._connect()
             self._log.info("writer reconnected")
         return self._writer
+
+    def _writer_lost(self) -> bool:
+        return self._writer is None or self._writer.is_closed()
 
     async def _write(self, conn: asyncpg.Connection, plan: GroupPlan) -> None:
         if plan.new_streams:
