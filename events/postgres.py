@@ -71,6 +71,37 @@ _FAR = 2**62
 
 log = structlog.get_logger("osupgrade.events.postgres")
 
+_APPEND_GROUP = """
+CREATE FUNCTION {s}.append_group(
+    lock_class integer, lock_key integer, channel text, expected_tail bigint,
+    new_keys bigint[], new_names text[],
+    positions bigint[], stream_keys bigint[], versions bigint[], ids bytea[], types text[],
+    schema_versions integer[], occurred bigint[], recorded bigint[], datas bytea[],
+    metas bytea[], hashes bytea[]
+) RETURNS bigint LANGUAGE plpgsql AS $body$
+-- One group of appends in one statement (one round trip, one implicit transaction).
+-- Writes only if the log still ends at expected_tail, the position the client's plan
+-- (and its hash chain) starts from; returns the tail it found either way. The lock is
+-- held until the statement's transaction commits, so positions commit in order.
+DECLARE
+    tail bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+    -- A volatile function takes a new snapshot per statement (READ COMMITTED), so
+    -- this sees every append committed before the lock was granted.
+    SELECT coalesce(max(position), 0) INTO tail FROM {s}.events;
+    IF tail <> expected_tail THEN
+        RETURN tail;
+    END IF;
+    INSERT INTO {s}.streams SELECT * FROM unnest(new_keys, new_names);
+    INSERT INTO {s}.events SELECT * FROM unnest(positions, stream_keys, versions, ids,
+        types, schema_versions, occurred, recorded, datas, metas, hashes);
+    PERFORM pg_notify(channel, positions[array_length(positions, 1)]::text);
+    RETURN tail;
+END
+$body$
+"""
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # version -> statements that bring the schema from version - 1 to version
     1: (
@@ -94,6 +125,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE UNIQUE INDEX events_by_stream ON {s}.events (stream_key, stream_version)",
         "CREATE UNIQUE INDEX events_by_id ON {s}.events (event_id)",
+        _APPEND_GROUP,
         f"INSERT INTO {{s}}.osupgrade_meta VALUES ('application', '{APPLICATION}'),"
         " ('schema_version', '0')",
     ),
@@ -102,6 +134,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 class _Sql:
     """Every statement of the store, with the schema name filled in once."""
+
+    def commit(self, head: int | None) -> str:
+        """``COMMIT``, announcing the new head to listeners when rows were written."""
+        return "COMMIT" if head is None else f"NOTIFY \"{self.channel}\", '{head}'; COMMIT"
 
     def __init__(self, schema: str, lock_key: int) -> None:
         s = f'"{schema}"'
@@ -113,6 +149,12 @@ class _Sql:
         self.tail = f"SELECT position, hash FROM {s}.events ORDER BY position DESC LIMIT 1"
         self.next_key = f"SELECT coalesce(max(stream_key), 0) + 1 FROM {s}.streams"
         self.head = f"SELECT coalesce(max(position), 0) FROM {s}.events"
+        self.append_group = (
+            f"SELECT {s}.append_group({LOCK_CLASS}, {lock_key}, '{self.channel}', $1,"
+            " $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],"
+            " $7::bytea[], $8::text[], $9::integer[], $10::bigint[], $11::bigint[],"
+            " $12::bytea[], $13::bytea[], $14::bytea[])"
+        )
         self.versions = (
             f"SELECT s.name, s.stream_key, (SELECT coalesce(max(e.stream_version), 0)"
             f" FROM {s}.events e WHERE e.stream_key = s.stream_key)"
@@ -418,40 +460,32 @@ class PostgresEventStore:
     async def _commit_group(
         self, group: list[Append], *, careful: bool, retry: bool = True
     ) -> None:
-        """Write one group in one transaction and settle every caller's future.
+        """Write one group atomically and settle every caller's future.
 
-        Under the advisory lock the tail and the stream versions read are exact: if
-        another process appended since our last commit, the caches are dropped first.
-        The fast path does not look event ids up; a reused id makes the insert fail,
-        and the group is then redone one append at a time, carefully (with ids looked
-        up), so one bad append cannot fail the others. A connection lost before
-        ``COMMIT`` was sent wrote nothing: the group is retried once on a new one.
+        The fast path is one round trip: ``append_group`` takes the lock, checks that
+        the log still ends where our cache says, and inserts. If another process
+        appended meanwhile it writes nothing, and the group is planned again by
+        ``_locked_plan`` from what is read under the lock. A reused event id makes the
+        insert fail; the group is then redone one append at a time with ids looked
+        up, so one bad append cannot fail the others. A lost connection is retried
+        once, on a new one, with ids looked up: an append that did commit is then
+        recognised as a retry, so the caller never sees an unknown outcome.
         """
         committing = False
         try:
             conn = await self._writer_connection()
-            await conn.execute(self._sql.begin_locked)
-            await self._sync_tail(conn)
-            versions = await self._load_versions(conn, {item.stream_id for item in group})
-            careful = careful or conflicts(group, versions)  # a conflict may be a retry
-            found = await self._lookup_ids(conn, group) if careful else {}
-            plan = plan_group(
-                GroupPlan(self._head, self._last_hash, self._next_key, versions),
-                group,
-                found,
-                to_micros(self._clock.now()),
-            )
-            await self._write(conn, plan)
-            committing = True
-            await conn.execute(
-                f"NOTIFY \"{self._sql.channel}\", '{plan.head}'; COMMIT" if plan.rows else "COMMIT"
-            )
+            plan = None if careful else await self._fast_commit(conn, group)
+            if plan is None:
+                plan = await self._locked_plan(conn, group, careful=careful)
+                await self._write(conn, plan)
+                committing = True
+                await conn.execute(self._sql.commit(plan.head if plan.rows else None))
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the callers
             await self._rollback()
             self._versions.clear()  # the cache may reflect a transaction that did not commit
-            if retry and not committing and self._writer_lost():
+            if retry and self._writer_lost():
                 self._log.warning("writer connection lost; retrying the group", error=repr(exc))
-                await self._commit_group(group, careful=careful, retry=False)
+                await self._commit_group(group, careful=True, retry=False)
                 return
             if isinstance(exc, asyncpg.UniqueViolationError) and (len(group) > 1 or not careful):
                 for item in group:
@@ -465,6 +499,46 @@ class PostgresEventStore:
         self._after_commit(plan)
         for index, item in enumerate(group):
             settle(item.future, plan.results[index])
+
+    async def _fast_commit(self, conn: asyncpg.Connection, group: list[Append]) -> GroupPlan | None:
+        """Plan from the caches and commit in one statement; ``None`` if that cannot work.
+
+        Versions missing from the cache are read without the lock: if anyone appends
+        after that read, the log's tail moves and ``append_group`` refuses the plan.
+        """
+        versions = await self._load_versions(conn, {item.stream_id for item in group})
+        if conflicts(group, versions):
+            return None  # a real conflict or a retry: only the careful path can tell
+        plan = self._plan(group, versions, {})
+        keys, names = zip(*plan.new_streams, strict=True) if plan.new_streams else ((), ())
+        columns = [list(column) for column in zip(*plan.rows, strict=True)]
+        tail = await conn.fetchval(
+            self._sql.append_group, self._head, list(keys), list(names), *columns
+        )
+        if tail != self._head:
+            self._log.debug("log advanced by another writer", ours=self._head, found=tail)
+            return None
+        return plan
+
+    async def _locked_plan(
+        self, conn: asyncpg.Connection, group: list[Append], *, careful: bool
+    ) -> GroupPlan:
+        """Open a transaction, take the lock and plan from what the database holds."""
+        await conn.execute(self._sql.begin_locked)
+        await self._sync_tail(conn)
+        versions = await self._load_versions(conn, {item.stream_id for item in group})
+        careful = careful or conflicts(group, versions)  # a conflict may be a retry
+        found = await self._lookup_ids(conn, group) if careful else {}
+        return self._plan(group, versions, found)
+
+    def _plan(
+        self,
+        group: list[Append],
+        versions: dict[str, tuple[int, int]],
+        found: dict[bytes, StoredId],
+    ) -> GroupPlan:
+        start = GroupPlan(self._head, self._last_hash, self._next_key, versions)
+        return plan_group(start, group, found, to_micros(self._clock.now()))
 
     async def _writer_connection(self) -> asyncpg.Connection:
         """The writer's connection, reconnecting once it was lost (server restart)."""
@@ -661,4 +735,8 @@ class PostgresEventStore:
         return report
 
 
-_SETTINGS = {"application_name": "osupgrade"}
+_SETTINGS = {
+    "application_name": "osupgrade",
+    # Both append paths rely on a fresh snapshot per statement after the lock is taken.
+    "default_transaction_isolation": "read committed",
+}

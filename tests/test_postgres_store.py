@@ -183,9 +183,9 @@ async def _advisory_waiters() -> int:
 async def test_a_position_is_never_visible_before_a_smaller_one_commits(
     make: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hold store A's transaction open after its insert; store B's append must wait on
-    the lock (not take the next position and commit first), and readers see neither
-    until A commits; then A's events come first."""
+    """Hold store A's transaction open after its insert; store B's append (one-statement
+    fast path) must wait on the lock, not take the next position and commit first, and
+    readers see neither until A commits; then A's events come first."""
     async with make() as a, make() as b, make() as reader:
         await a.append("s", [ev(0)], 0)
         release = asyncio.Event()
@@ -197,6 +197,10 @@ async def test_a_position_is_never_visible_before_a_smaller_one_commits(
             inserted.set()
             await release.wait()
 
+        async def no_fast_path(conn: Any, group: Any) -> None:
+            return None  # A takes the locked path, so it can be paused inside its transaction
+
+        monkeypatch.setattr(a, "_fast_commit", no_fast_path)
         monkeypatch.setattr(a, "_write", slow_write)
         first = asyncio.ensure_future(a.append("s", [ev(1)], 1))
         await inserted.wait()
