@@ -74,24 +74,31 @@ log = structlog.get_logger("osupgrade.events.postgres")
 _APPEND_GROUP = """
 CREATE FUNCTION {s}.append_group(
     lock_class integer, lock_key integer, channel text, expected_tail bigint,
-    new_keys bigint[], new_names text[],
+    expected_hash bytea, new_keys bigint[], new_names text[],
     positions bigint[], stream_keys bigint[], versions bigint[], ids bytea[], types text[],
     schema_versions integer[], occurred bigint[], recorded bigint[], datas bytea[],
     metas bytea[], hashes bytea[]
 ) RETURNS bigint LANGUAGE plpgsql AS $body$
 -- One group of appends in one statement (one round trip, one implicit transaction).
--- Writes only if the log still ends at expected_tail, the position the client's plan
--- (and its hash chain) starts from; returns the tail it found either way. The lock is
--- held until the statement's transaction commits, so positions commit in order.
+-- Writes only if the log still ends at expected_tail with expected_hash, where the
+-- client's plan (positions and hash chain) starts; returns the tail position it found,
+-- or -1 if only the hash differs. The lock is held until the statement's transaction
+-- commits, so positions commit in order.
 DECLARE
     tail bigint;
+    tail_hash bytea;
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_class, lock_key);
     -- A volatile function takes a new snapshot per statement (READ COMMITTED), so
     -- this sees every append committed before the lock was granted.
-    SELECT coalesce(max(position), 0) INTO tail FROM {s}.events;
+    SELECT position, hash INTO tail, tail_hash FROM {s}.events
+        ORDER BY position DESC LIMIT 1;
+    tail := coalesce(tail, 0);
     IF tail <> expected_tail THEN
         RETURN tail;
+    END IF;
+    IF tail > 0 AND tail_hash IS DISTINCT FROM expected_hash THEN
+        RETURN -1;
     END IF;
     INSERT INTO {s}.streams SELECT * FROM unnest(new_keys, new_names);
     INSERT INTO {s}.events SELECT * FROM unnest(positions, stream_keys, versions, ids,
@@ -150,10 +157,10 @@ class _Sql:
         self.next_key = f"SELECT coalesce(max(stream_key), 0) + 1 FROM {s}.streams"
         self.head = f"SELECT coalesce(max(position), 0) FROM {s}.events"
         self.append_group = (
-            f"SELECT {s}.append_group({LOCK_CLASS}, {lock_key}, '{self.channel}', $1,"
-            " $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],"
-            " $7::bytea[], $8::text[], $9::integer[], $10::bigint[], $11::bigint[],"
-            " $12::bytea[], $13::bytea[], $14::bytea[])"
+            f"SELECT {s}.append_group({LOCK_CLASS}, {lock_key}, '{self.channel}', $1, $2,"
+            " $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],"
+            " $8::bytea[], $9::text[], $10::integer[], $11::bigint[], $12::bigint[],"
+            " $13::bytea[], $14::bytea[], $15::bytea[])"
         )
         self.versions = (
             f"SELECT s.name, s.stream_key, (SELECT coalesce(max(e.stream_version), 0)"
@@ -513,7 +520,7 @@ class PostgresEventStore:
         keys, names = zip(*plan.new_streams, strict=True) if plan.new_streams else ((), ())
         columns = [list(column) for column in zip(*plan.rows, strict=True)]
         tail = await conn.fetchval(
-            self._sql.append_group, self._head, list(keys), list(names), *columns
+            self._sql.append_group, self._head, self._last_hash, list(keys), list(names), *columns
         )
         if tail != self._head:
             self._log.debug("log advanced by another writer", ours=self._head, found=tail)
