@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,6 +28,7 @@ from events.postgres import redact
 from tests.backends import pg_drop_schema, pg_dsn
 
 Factory = Callable[..., PostgresEventStore]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def ev(n: int) -> NewEvent:
@@ -244,3 +247,26 @@ async def test_the_writer_reconnects_after_losing_its_connection(make: Factory) 
         assert await store.append("s", [ev(2)], 1) == [2]
         assert store._writer is not None and store._writer.get_server_pid() != pid
         assert (await store.verify()).ok
+
+
+def readme_example(schema: str, dsn: str) -> str:
+    """The README's PostgreSQL example, pointed at ``dsn`` and a schema of its own."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## PostgreSQL", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    code = code.replace("PostgresEventStore(dsn)", f"PostgresEventStore(dsn, schema={schema!r})")
+    return code.replace('"postgresql://postgres@127.0.0.1:5432/postgres"', repr(dsn))
+
+
+async def test_the_readme_example_runs() -> None:
+    """The README's PostgreSQL example, as written, against the test server."""
+    schema = f"t_{uuid.uuid4().hex[:20]}"
+    code = readme_example(schema, pg_dsn())
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    await pg_drop_schema(PostgresEventStore(pg_dsn(), schema=schema))
+    assert process.returncode == 0, err.decode()
+    assert "1 True" in out.decode().splitlines()  # (structlog also prints to stdout)
