@@ -283,8 +283,12 @@ class PostgresEventStore:
             raise EventStoreError("a store can be opened only once")
         try:
             self._writer = await self._connect()
-            await self._prepare_schema(self._writer)
-            await self._load_tail(self._writer)
+            try:
+                await self._prepare_schema(self._writer)
+                await self._load_tail(self._writer)
+            except asyncpg.PostgresError as exc:  # e.g. no CREATE privilege on the database
+                message = f"cannot prepare the event log in {self.where}: {exc}"
+                raise EventStoreError(message) from exc
             self._pool = await self._create_pool()
             self._listener = await self._connect()
             await self._listener.add_listener(self._sql.channel, self._on_notify)

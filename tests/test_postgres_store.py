@@ -19,6 +19,7 @@ import pytest
 
 from events import (
     CorruptStoreError,
+    EventStoreError,
     NewEvent,
     NotAnEventStoreError,
     PostgresEventStore,
@@ -270,3 +271,17 @@ async def test_the_readme_example_runs() -> None:
     await pg_drop_schema(PostgresEventStore(pg_dsn(), schema=schema))
     assert process.returncode == 0, err.decode()
     assert "1 True" in out.decode().splitlines()  # (structlog also prints to stdout)
+
+
+async def test_a_user_who_may_not_create_the_schema_gets_a_clear_error(schema: str) -> None:
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    await sql(f'CREATE ROLE "{role}" LOGIN')  # PostgreSQL 15: no CREATE on the database
+    try:
+        dsn = pg_dsn().replace("://postgres@", f"://{role}@", 1)
+        if dsn == pg_dsn():
+            pytest.skip("the test DSN does not log in as postgres")
+        with pytest.raises(EventStoreError, match=r"cannot prepare the event log in .*permission"):
+            async with PostgresEventStore(dsn, schema=schema):
+                pass
+    finally:
+        await sql(f'DROP ROLE "{role}"')
