@@ -290,8 +290,7 @@ class PostgresEventStore:
                 message = f"cannot prepare the event log in {self.where}: {exc}"
                 raise EventStoreError(message) from exc
             self._pool = await self._create_pool()
-            self._listener = await self._connect()
-            await self._listener.add_listener(self._sql.channel, self._on_notify)
+            await self._listen()
         except BaseException:
             await self._close_connections()
             raise
@@ -422,12 +421,24 @@ class PostgresEventStore:
         with contextlib.suppress(ValueError, TypeError):
             self._watch.advance(int(str(payload)))
 
+    async def _listen(self) -> None:
+        """Open the LISTEN connection (again, after it was lost)."""
+        listener = await self._connect()
+        await listener.add_listener(self._sql.channel, self._on_notify)
+        self._listener = listener
+
     async def _poll_head(self) -> None:
-        """The fallback when a notification is lost: look at the head now and then."""
+        """The fallback when a notification is lost: look at the head now and then, and
+        listen again once the LISTEN connection is back (a server restart drops it)."""
         while True:
             await asyncio.sleep(self._poll_interval)
+            if self._listener is None or self._listener.is_closed():
+                self._listener = None
+                with contextlib.suppress(EventStoreError):
+                    await self._listen()
+                    self._log.info("listening for commits again")
             with contextlib.suppress(EventStoreError):
-                await self.head()
+                await self.head()  # after re-listening, so no commit falls in between
 
     # -- appending -------------------------------------------------------------------
 
