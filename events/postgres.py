@@ -142,10 +142,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 class _Sql:
     """Every statement of the store, with the schema name filled in once."""
 
-    def commit(self, head: int | None) -> str:
-        """``COMMIT``, announcing the new head to listeners when rows were written."""
-        return "COMMIT" if head is None else f"NOTIFY \"{self.channel}\", '{head}'; COMMIT"
-
     def __init__(self, schema: str, lock_key: int) -> None:
         s = f'"{schema}"'
         self.channel = f"{schema}_events"
@@ -207,6 +203,10 @@ class _Sql:
             f" FROM {s}.events e LEFT JOIN {s}.streams s ON s.stream_key = e.stream_key"
             " WHERE e.position > $1 ORDER BY e.position LIMIT 5000"
         )
+
+    def commit(self, head: int | None) -> str:
+        """``COMMIT``, announcing the new head to listeners when rows were written."""
+        return "COMMIT" if head is None else f"NOTIFY \"{self.channel}\", '{head}'; COMMIT"
 
 
 def redact(dsn: str) -> str:
@@ -345,7 +345,7 @@ class PostgresEventStore:
             elif "osupgrade_meta" not in names:
                 raise NotAnEventStoreError(
                     f"{self.where} holds tables {sorted(names)[:5]} but is not an osupgrade "
-                    "event log; use another --db schema or database"
+                    "event log; use another schema or database"
                 )
             else:
                 version = await self._stored_version(conn)
@@ -432,13 +432,16 @@ class PostgresEventStore:
         listen again once the LISTEN connection is back (a server restart drops it)."""
         while True:
             await asyncio.sleep(self._poll_interval)
-            if self._listener is None or self._listener.is_closed():
-                self._listener = None
-                with contextlib.suppress(EventStoreError):
+            if self._state != "open":
+                return
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    self._listener = None
                     await self._listen()
                     self._log.info("listening for commits again")
-            with contextlib.suppress(EventStoreError):
                 await self.head()  # after re-listening, so no commit falls in between
+            except Exception as exc:  # noqa: BLE001 - a fallback must outlive server trouble
+                self._log.warning("polling the head failed; retrying", error=repr(exc))
 
     # -- appending -------------------------------------------------------------------
 
