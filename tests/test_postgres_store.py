@@ -7,6 +7,7 @@ what several engine processes on one database look like to the server.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import sys
 import uuid
@@ -304,3 +305,48 @@ async def test_a_lost_listen_connection_is_replaced(make: Factory) -> None:
         waiter = asyncio.ensure_future(follower.until(2))
         await writer.append("s", [ev(2)], 1)
         assert await asyncio.wait_for(waiter, 30) >= 2
+
+
+async def spawn_writer(schema: str, name: str, appends: int) -> asyncio.subprocess.Process:
+    """Start ``tests.pg_writer_child``: another process appending to the same log."""
+    args = ["-m", "tests.pg_writer_child", pg_dsn(), schema, name, str(appends)]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert await child.stdout.readline() == b"READY\n"
+    return child
+
+
+async def test_three_processes_append_while_a_follower_never_skips(
+    make: Factory, schema: str
+) -> None:
+    """The gap race with real processes, as several engines on one database are: three
+    child processes append concurrently; the follower sees every position once, in order."""
+    appends, batch = 60, 5
+    total = 3 * appends * batch
+    async with make(poll_interval=3600) as follower:  # creates the schema first
+        seen: list[int] = []
+        children = [await spawn_writer(schema, f"p{i}", appends) for i in range(3)]
+        for child in children:  # all open and waiting: start them together
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+        async for event in follower.subscribe(after=0, batch_size=64):
+            seen.append(event.position)
+            if len(seen) == total:
+                break
+        outputs = [await child.communicate() for child in children]
+        assert [child.returncode for child in children] == [0, 0, 0]
+        assert all(out.decode().strip().endswith("DONE") for out, _ in outputs)
+        assert seen == list(range(1, total + 1))
+        log = await follower.read_all(limit=total)
+        for stream in {e.stream_id for e in log}:  # each stream: versions in commit order
+            versions = [e.stream_version for e in log if e.stream_id == stream]
+            assert versions == list(range(1, len(versions) + 1))
+        writers = [e.data["by"] for e in log]
+        switches = sum(a != b for a, b in itertools.pairwise(writers))
+        assert switches >= 10, "the processes did not write concurrently"
+        report = await follower.verify()
+        assert (report.ok, report.checked) == (True, total)
