@@ -1,8 +1,8 @@
 """osupgrade's durable, tamper-evident, async event log.
 
-The public surface: the ``EventStore`` protocol, two backends (``InMemoryEventStore``
-and ``SQLiteEventStore``), the envelope types, the registry of typed events and the
-errors. Nothing here knows about scale sets or upgrades.
+The public surface: the ``EventStore`` protocol, three backends (``InMemoryEventStore``,
+``SQLiteEventStore`` and ``PostgresEventStore``), the envelope types, the registry of typed
+events and the errors. Nothing here knows about scale sets or upgrades.
 """
 
 from events.clock import Clock, FixedClock, SystemClock
@@ -18,11 +18,13 @@ from events.errors import (
     InvalidStreamNameError,
     NotAnEventStoreError,
     StoreClosedError,
+    StoreUnavailableError,
     UnknownEventTypeError,
     UpcastError,
 )
 from events.ids import uuid7
 from events.memory import InMemoryEventStore
+from events.postgres import PostgresEventStore
 from events.registry import EventRegistry
 from events.sqlite import SQLiteEventStore
 from events.store import EventStore
@@ -46,9 +48,11 @@ __all__ = [
     "Metadata",
     "NewEvent",
     "NotAnEventStoreError",
+    "PostgresEventStore",
     "RecordedEvent",
     "SQLiteEventStore",
     "StoreClosedError",
+    "StoreUnavailableError",
     "Subscription",
     "SystemClock",
     "UnknownEventTypeError",

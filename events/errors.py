@@ -63,6 +63,10 @@ class StoreClosedError(EventStoreError):
     """The store was closed (or never opened) when it was used."""
 
 
+class StoreUnavailableError(EventStoreError):
+    """The database server cannot be reached, or refused the connection."""
+
+
 class NotAnEventStoreError(EventStoreError):
     """The database file exists but is not an osupgrade event log."""
 

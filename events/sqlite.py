@@ -26,7 +26,6 @@ import contextlib
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +33,9 @@ import aiosqlite
 import orjson
 import structlog
 
-from events.append_rules import StoredId, check_expected, retry_positions
+from events.append_rules import StoredId
 from events.clock import Clock, SystemClock, to_micros
-from events.encoding import EncodedEvent, check_expected_version, check_stream_name, encode_batch
+from events.encoding import check_expected_version, check_stream_name, encode_batch
 from events.envelope import NewEvent, RecordedEvent
 from events.errors import (
     CorruptStoreError,
@@ -44,7 +43,15 @@ from events.errors import (
     NotAnEventStoreError,
     StoreClosedError,
 )
-from events.hashing import GENESIS_HASH, event_hash
+from events.group_commit import (
+    Append,
+    GroupPlan,
+    conflicts,
+    plan_group,
+    settle,
+    take_group,
+)
+from events.hashing import GENESIS_HASH
 from events.head_watch import HeadWatch
 from events.registry import EventRegistry
 from events.store import ProgressCallback
@@ -97,29 +104,6 @@ _INSERT_EVENT = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 log = structlog.get_logger("osupgrade.events.sqlite")
 
 
-@dataclass(slots=True)
-class _Append:
-    """One caller's append waiting for the writer."""
-
-    stream_id: str
-    batch: list[EncodedEvent]
-    expected: int | None
-    future: asyncio.Future[list[int]]
-
-
-@dataclass(slots=True)
-class _GroupPlan:
-    """What one group transaction will write, decided before anything is written."""
-
-    head: int
-    last_hash: bytes
-    next_key: int
-    versions: dict[str, tuple[int, int]]
-    rows: list[tuple[object, ...]] = field(default_factory=list)
-    new_streams: list[tuple[int, str]] = field(default_factory=list)
-    results: dict[int, list[int] | BaseException] = field(default_factory=dict)
-
-
 class SQLiteEventStore:
     """An event log in one SQLite file; open it with ``async with``."""
 
@@ -146,7 +130,7 @@ class SQLiteEventStore:
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        self._pending: deque[_Append] = deque()
+        self._pending: deque[Append] = deque()
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._watch = HeadWatch()
@@ -285,12 +269,12 @@ class SQLiteEventStore:
         expected = check_expected_version(expected_version)
         batch = encode_batch(events)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(stream_id, batch, expected, future))
+        self._pending.append(Append(stream_id, batch, expected, future))
         self._wakeup.set()
         return await future
 
     async def _run_writer(self) -> None:
-        group: list[_Append] = []
+        group: list[Append] = []
         try:
             while True:
                 if not self._pending:
@@ -307,26 +291,16 @@ class SQLiteEventStore:
             error = StoreClosedError(f"the writer of {self.path} stopped: {exc!r}")
             self._state = "closing"
             for item in [*group, *self._pending]:
-                _settle(item.future, error)
+                settle(item.future, error)
             self._pending.clear()
             if not isinstance(exc, asyncio.CancelledError):
                 self._log.exception("event store writer stopped")
             raise
 
-    def _take_group(self) -> list[_Append]:
-        group: list[_Append] = []
-        size = 0
-        while self._pending and (
-            not group or size + len(self._pending[0].batch) <= self._max_group
-        ):
-            item = self._pending.popleft()
-            if item.future.cancelled():
-                continue
-            group.append(item)
-            size += len(item.batch)
-        return group
+    def _take_group(self) -> list[Append]:
+        return take_group(self._pending, self._max_group)
 
-    async def _commit_group(self, group: list[_Append], *, careful: bool) -> None:
+    async def _commit_group(self, group: list[Append], *, careful: bool) -> None:
         """Write one group in one transaction and settle every caller's future.
 
         The fast path costs two round trips to the database thread: ``executemany``
@@ -343,7 +317,7 @@ class SQLiteEventStore:
                 await conn.execute("BEGIN IMMEDIATE")
                 await self._sync_tail(conn)
             versions = await self._load_versions(conn, {item.stream_id for item in group})
-            if not careful and _conflicts(group, versions):
+            if not careful and conflicts(group, versions):
                 # A conflict may be real, may be a retry, or may come from a stale
                 # cache: only the careful path can tell them apart.
                 await self._commit_group(group, careful=True)
@@ -368,69 +342,23 @@ class SQLiteEventStore:
             error = _translate(self.path, exc)
             self._log.error("append group failed", error=str(error), appends=len(group))
             for item in group:
-                _settle(item.future, error)
+                settle(item.future, error)
             return
         self._after_commit(plan)
         for index, item in enumerate(group):
-            _settle(item.future, plan.results[index])
+            settle(item.future, plan.results[index])
 
     def _plan(
         self,
-        group: list[_Append],
+        group: list[Append],
         versions: dict[str, tuple[int, int]],
         found: dict[bytes, StoredId],
-    ) -> _GroupPlan:
+    ) -> GroupPlan:
         """Decide, without I/O, what each append of the group gets: rows or an error."""
-        plan = _GroupPlan(
+        plan = GroupPlan(
             head=self._head, last_hash=self._last_hash, next_key=self._next_key, versions=versions
         )
-        recorded = to_micros(self._clock.now())
-        for index, item in enumerate(group):
-            try:
-                if found:
-                    mine = {
-                        e.event_id: found[e.event_id] for e in item.batch if e.event_id in found
-                    }
-                    original = retry_positions(item.stream_id, item.batch, mine)
-                    if original is not None:
-                        plan.results[index] = original
-                        continue
-                key, version = plan.versions[item.stream_id]
-                if item.expected is not None and item.expected != version:
-                    check_expected(item.stream_id, item.expected, version)
-            except EventStoreError as exc:
-                plan.results[index] = exc
-                continue
-            plan.results[index] = self._add_rows(plan, item, key, version, recorded)
-        return plan
-
-    def _add_rows(
-        self, plan: _GroupPlan, item: _Append, key: int, version: int, recorded: int
-    ) -> list[int]:
-        if key == 0:
-            key = plan.next_key
-            plan.next_key += 1
-            plan.new_streams.append((key, item.stream_id))
-        positions = []
-        prev = plan.last_hash
-        position = plan.head
-        for event in item.batch:
-            position += 1
-            version += 1
-            occurred = recorded if event.occurred_us is None else event.occurred_us
-            digest = event_hash(
-                prev, position, item.stream_id, version, event.event_id, event.type,
-                event.schema_version, occurred, recorded, event.data, event.metadata,
-            )  # fmt: skip
-            plan.rows.append(
-                (position, key, version, event.event_id, event.type, event.schema_version,
-                 occurred, recorded, event.data, event.metadata, digest)
-            )  # fmt: skip
-            positions.append(position)
-            prev = digest
-        plan.head, plan.last_hash = position, prev
-        plan.versions[item.stream_id] = (key, version)
-        return positions
+        return plan_group(plan, group, found, to_micros(self._clock.now()))
 
     async def _sync_tail(self, conn: aiosqlite.Connection) -> None:
         """Notice appends made by another process since our last commit."""
@@ -471,7 +399,7 @@ class SQLiteEventStore:
         return versions
 
     async def _lookup_ids(
-        self, conn: aiosqlite.Connection, items: list[_Append]
+        self, conn: aiosqlite.Connection, items: list[Append]
     ) -> dict[bytes, StoredId]:
         ids = [event.event_id for item in items for event in item.batch]
         found: dict[bytes, StoredId] = {}
@@ -487,7 +415,7 @@ class SQLiteEventStore:
                 found[event_id] = StoredId(name, version, position, type_name, data)
         return found
 
-    def _after_commit(self, plan: _GroupPlan) -> None:
+    def _after_commit(self, plan: GroupPlan) -> None:
         if len(self._versions) > _STREAM_CACHE_LIMIT:
             self._versions.clear()
         for name, (key, version) in plan.versions.items():
@@ -633,30 +561,6 @@ class SQLiteEventStore:
         self._log.info("hash chain verified", ok=report.ok, checked=report.checked,
                        first_bad_position=report.first_bad_position)  # fmt: skip
         return report
-
-
-def _conflicts(group: list[_Append], versions: dict[str, tuple[int, int]]) -> bool:
-    """True if an append expects another version than the group would leave it at.
-
-    Walks the group in order, so a caller may queue several appends to one stream
-    (each expecting the version the previous one produces) and still take the fast path.
-    """
-    current = {name: version for name, (_, version) in versions.items()}
-    for item in group:
-        actual = current[item.stream_id]
-        if item.expected is not None and item.expected != actual:
-            return True
-        current[item.stream_id] = actual + len(item.batch)
-    return False
-
-
-def _settle(future: asyncio.Future[list[int]], result: list[int] | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
 
 
 async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> Any:

@@ -1,4 +1,4 @@
-"""Stored, checkpointed projections: the fleet read model kept in SQLite tables.
+"""Stored, checkpointed projections: the fleet read model kept in database tables.
 
 The runner follows the log with a catch-up subscription and, for each page of events,
 writes the rows it changed **and** its checkpoint in one transaction: after a crash it
@@ -6,6 +6,9 @@ resumes from the checkpoint with exactly the rows that belong to it, so reproces
 changes nothing. Readers can wait until the projection has reached a position, and the
 lag (head minus checkpoint) is observable. ``rebuild()`` drops everything and folds the
 log again from position 0.
+
+Where the rows live is a ``ProjectionTables``: SQLite (``SQLiteTables``, a file path) or
+PostgreSQL (``projections.postgres.PostgresTables``, the event store's own schema).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 import orjson
@@ -38,8 +41,59 @@ _SCHEMA = (
 log = structlog.get_logger("osupgrade.projections")
 
 
+UpgradeRow = tuple[str, str, bytes]
+SetRow = tuple[str, bytes, bytes]
+StoredRows = tuple[int, dict[str, bytes], dict[str, tuple[bytes, bytes]]]
+
+
 class ProjectionStoppedError(RuntimeError):
     """The runner stopped or failed before reaching the awaited position."""
+
+
+class ProjectionTables(Protocol):
+    """Where a projection's rows and checkpoint are stored, written in one transaction."""
+
+    async def open(self) -> None:
+        """Connect and create the tables if needed."""
+        ...
+
+    async def load(self) -> tuple[FleetView, int]:
+        """The stored view and its checkpoint (an empty view at 0 if none)."""
+        ...
+
+    async def write(
+        self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
+    ) -> None:
+        """Upsert ``upgrades`` and ``sets``, delete ``gone`` sets, store ``checkpoint``:
+        all in one transaction, or nothing."""
+        ...
+
+    async def clear(self) -> None:
+        """Delete every row and the checkpoint (for a rebuild)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+    async def rows(self) -> StoredRows:
+        """The checkpoint and every stored row, for comparing projections."""
+        ...
+
+
+def view_from_rows(
+    position: int, upgrade_states: list[bytes], set_rows: list[tuple[str, bytes, bytes]]
+) -> FleetView:
+    """Rebuild a view from its stored rows (shared by every ``ProjectionTables``)."""
+    view = FleetView()
+    for state in upgrade_states:
+        upgrade = upgrade_from_row(state)
+        view.upgrades[upgrade.upgrade_id] = upgrade
+    for key, ids, instances in set_rows:
+        view.scale_sets[key] = orjson.loads(ids)
+        view.instances[key] = {i: InstanceView(**v) for i, v in orjson.loads(instances).items()}
+    view.position = position
+    return view
 
 
 def upgrade_row(view: UpgradeView) -> tuple[str, str, bytes]:
@@ -64,42 +118,106 @@ def scale_set_row(view: FleetView, key: str) -> tuple[str, bytes, bytes]:
 
 async def load_view(conn: aiosqlite.Connection) -> tuple[FleetView, int]:
     """The stored projection and its checkpoint (an empty view at 0 if none)."""
-    view = FleetView()
     rows = await conn.execute_fetchall(
         "SELECT position FROM projection_checkpoints WHERE name = ?", (NAME,)
     )
     position = next(iter(rows))[0] if rows else 0
-    for _, state in await conn.execute_fetchall(
-        "SELECT upgrade_id, state FROM projection_upgrades"
-    ):
-        upgrade = upgrade_from_row(state)
-        view.upgrades[upgrade.upgrade_id] = upgrade
-    for key, ids, instances in await conn.execute_fetchall(
+    states = [s for (s,) in await conn.execute_fetchall("SELECT state FROM projection_upgrades")]
+    sets = await conn.execute_fetchall(
         "SELECT key, upgrade_ids, instances FROM projection_scale_sets"
-    ):
-        view.scale_sets[key] = orjson.loads(ids)
-        view.instances[key] = {i: InstanceView(**v) for i, v in orjson.loads(instances).items()}
-    view.position = position
-    return view, position
+    )
+    return view_from_rows(position, states, [tuple(r) for r in sets]), position
+
+
+class SQLiteTables:
+    """The projection's tables in an SQLite file (often the event log's own file)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        """See ``ProjectionTables.open``."""
+        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._conn.execute("PRAGMA busy_timeout = 10000")
+        # Rows and checkpoint commit atomically either way; NORMAL only skips the fsync
+        # per commit. A power cut can then lose the newest projection commits, never the
+        # events: the runner resumes from the older checkpoint and folds them again.
+        await self._conn.execute("PRAGMA synchronous = NORMAL")
+        for statement in _SCHEMA:
+            await self._conn.execute(statement)
+
+    async def load(self) -> tuple[FleetView, int]:
+        """See ``ProjectionTables.load``."""
+        assert self._conn is not None
+        return await load_view(self._conn)
+
+    async def write(
+        self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
+    ) -> None:
+        """See ``ProjectionTables.write``."""
+        assert self._conn is not None
+        conn = self._conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.executemany(
+                "INSERT OR REPLACE INTO projection_upgrades VALUES (?, ?, ?)", upgrades
+            )
+            await conn.executemany(
+                "INSERT OR REPLACE INTO projection_scale_sets VALUES (?, ?, ?)", sets
+            )
+            await conn.executemany(
+                "DELETE FROM projection_scale_sets WHERE key = ?", [(k,) for k in gone]
+            )
+            await conn.execute(
+                "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)", (NAME, checkpoint)
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            raise
+
+    async def clear(self) -> None:
+        """See ``ProjectionTables.clear``."""
+        async with aiosqlite.connect(self.path, isolation_level=None) as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            for table in ("projection_upgrades", "projection_scale_sets", "projection_checkpoints"):
+                await conn.execute(f"DELETE FROM {table}")
+            await conn.execute("COMMIT")
+
+    async def close(self) -> None:
+        """See ``ProjectionTables.close``."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def rows(self) -> StoredRows:
+        """See ``ProjectionTables.rows``."""
+        return await stored_rows(self.path)
 
 
 class ProjectionRunner:
-    """Keeps the fleet projection's tables in ``path`` up to date with ``store``."""
+    """Keeps the fleet projection's tables up to date with ``store``.
+
+    ``tables`` is an SQLite file path or any ``ProjectionTables`` (PostgreSQL: a
+    ``projections.postgres.PostgresTables`` in the event store's database).
+    """
 
     def __init__(
         self,
         store: EventStore,
-        path: str | Path,
+        tables: str | Path | ProjectionTables,
         *,
         batch_size: int = 1000,
         commit_interval_s: float = 0.02,
     ) -> None:
         self.store = store
-        self.path = Path(path)
+        self.tables = SQLiteTables(tables) if isinstance(tables, (str, Path)) else tables
         self.batch_size = batch_size
         self.commit_interval_s = commit_interval_s
         self.view = FleetView()
-        self._conn: aiosqlite.Connection | None = None
+        self._opened = False
         self._task: asyncio.Task[None] | None = None
         self._watch = HeadWatch()
 
@@ -121,15 +239,9 @@ class ProjectionRunner:
 
     async def start(self) -> None:
         """Open the tables, load the stored state and follow the log from the checkpoint."""
-        self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._conn.execute("PRAGMA busy_timeout = 10000")
-        # Rows and checkpoint commit atomically either way; NORMAL only skips the fsync
-        # per commit. A power cut can then lose the newest projection commits, never the
-        # events: the runner resumes from the older checkpoint and folds them again.
-        await self._conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in _SCHEMA:
-            await self._conn.execute(statement)
-        self.view, position = await load_view(self._conn)
+        await self.tables.open()
+        self._opened = True
+        self.view, position = await self.tables.load()
         self._watch = HeadWatch(position)
         self._task = asyncio.create_task(self._follow(position), name="projection:fleet")
 
@@ -140,9 +252,9 @@ class ProjectionRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task  # a failure was already raised to wait_for() callers
         self._watch.close()
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        if self._opened:
+            await self.tables.close()
+            self._opened = False
 
     async def wait_for(self, position: int) -> None:
         """Return once the projection has folded everything up to ``position``.
@@ -171,7 +283,6 @@ class ProjectionRunner:
                 await asyncio.sleep(self.commit_interval_s)
 
     async def _apply(self, page: list[RecordedEvent], checkpoint: int) -> None:
-        assert self._conn is not None
         touched_upgrades: set[str] = set()
         touched_sets: set[str] = set()
         for event in page:
@@ -187,53 +298,28 @@ class ProjectionRunner:
         except BaseException:
             # The rows were not written: forget what was folded and start over from
             # the stored state, so memory never runs ahead of the tables.
-            self.view, _ = await load_view(self._conn)
+            self.view, _ = await self.tables.load()
             raise
         self._watch.advance(checkpoint)
 
     async def _write(self, upgrades: set[str], sets: set[str], checkpoint: int) -> None:
-        assert self._conn is not None
-        conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.executemany(
-                "INSERT OR REPLACE INTO projection_upgrades VALUES (?, ?, ?)",
-                [upgrade_row(self.view.upgrades[u]) for u in sorted(upgrades)],
-            )
-            live = [k for k in sorted(sets) if k in self.view.scale_sets]
-            gone = [(k,) for k in sorted(sets) if k not in self.view.scale_sets]
-            await conn.executemany(
-                "INSERT OR REPLACE INTO projection_scale_sets VALUES (?, ?, ?)",
-                [scale_set_row(self.view, k) for k in live],
-            )
-            await conn.executemany("DELETE FROM projection_scale_sets WHERE key = ?", gone)
-            await conn.execute(
-                "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)", (NAME, checkpoint)
-            )
-            await conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
-            raise
+        live = [k for k in sorted(sets) if k in self.view.scale_sets]
+        await self.tables.write(
+            [upgrade_row(self.view.upgrades[u]) for u in sorted(upgrades)],
+            [scale_set_row(self.view, k) for k in live],
+            [k for k in sorted(sets) if k not in self.view.scale_sets],
+            checkpoint,
+        )
 
     async def rebuild(self) -> None:
         """Drop the stored rows and checkpoint, then fold the whole log again."""
         await self.stop()
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            for table in ("projection_upgrades", "projection_scale_sets", "projection_checkpoints"):
-                await conn.execute(f"DELETE FROM {table}")
-            await conn.execute("COMMIT")
-        finally:
-            await conn.close()
+        await self.tables.clear()
         log.info("projection rebuild started", name=NAME)
         await self.start()
 
 
-async def stored_rows(
-    path: str | Path,
-) -> tuple[int, dict[str, bytes], dict[str, tuple[bytes, bytes]]]:
+async def stored_rows(path: str | Path) -> StoredRows:
     """The checkpoint and every stored row, for comparing projections (audits, tests)."""
     async with aiosqlite.connect(path) as conn:
         rows = await conn.execute_fetchall(

@@ -376,7 +376,7 @@ async def _fill(store: Any) -> None:
 
 async def test_verify_finds_an_edited_event(store: Any, backend: Backend) -> None:
     await _fill(store)
-    backend.edit_data(store, 6, b'{"n":666}')
+    await backend.edit_data(store, 6, b'{"n":666}')
     report = await store.verify()
     assert not report.ok
     assert report.first_bad_position == 6
@@ -385,14 +385,14 @@ async def test_verify_finds_an_edited_event(store: Any, backend: Backend) -> Non
 
 async def test_verify_finds_a_deleted_event(store: Any, backend: Backend) -> None:
     await _fill(store)
-    backend.delete_row(store, 4)
+    await backend.delete_row(store, 4)
     report = await store.verify()
     assert (report.ok, report.first_bad_position) == (False, 4)
 
 
 async def test_verify_finds_two_swapped_events(store: Any, backend: Backend) -> None:
     await _fill(store)
-    backend.swap_rows(store, 3, 8)
+    await backend.swap_rows(store, 3, 8)
     report = await store.verify()
     assert (report.ok, report.first_bad_position) == (False, 3)
 

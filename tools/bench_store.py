@@ -28,10 +28,19 @@ What is measured, and why:
     work. Building its aggregates and events is timed with ``save``, as ``NewEvent``
     is for the store (the perf baseline timed ``save`` alone).
 
+* **PostgreSQL (``--pg DSN``).** The same append workloads on ``PostgresEventStore``
+  (C = 1, 100, 1000 single-event appends, and C = 100 appends of 10 events each, the
+  shape of an engine recording a batch), a replay with ``read_all``, and the
+  ``eventsourcing`` library's PostgreSQL recorder (psycopg 3; its rows are skipped if
+  psycopg is not installed) saving 1 and 1,000 events per save. Each run gets a fresh
+  schema, dropped afterwards. ``--only-pg`` skips every SQLite measurement.
+  ``tools/pg_throwaway.sh`` starts a throwaway server.
+
 Each number is events per second; ``--repeat R`` reports the median of ``R`` runs.
 The ratio column is osupgrade / reference: 1.0 means as fast as the reference.
 
-Run: ``.venv/bin/python tools/bench_store.py [--quick] [--repeat 3] [--json out.json]``
+Run: ``.venv/bin/python tools/bench_store.py [--quick] [--repeat 3] [--json out.json]
+[--pg postgresql://... [--only-pg]]``
 """
 
 from __future__ import annotations
@@ -49,20 +58,23 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiosqlite
+import asyncpg
 import orjson
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from events import NewEvent, RecordedEvent, SQLiteEventStore, uuid7
+from events import EventStore, NewEvent, PostgresEventStore, RecordedEvent, SQLiteEventStore, uuid7
 from events.sqlite import _SCHEMA, Durability
 
 EVENT_TYPE = "bench.happened"
@@ -74,6 +86,9 @@ PAGE = 5000
 ES_PAGE = 1000
 TARGET_APPEND = 100_000  # ev/s with 1000 concurrent single-event writers
 TARGET_REPLAY = 400_000  # ev/s replayed
+TARGET_PG_APPEND = 20_000  # ev/s on PostgreSQL with 100 concurrent writers
+PG_CONCURRENCY = (1, 100, 1000)
+PG_BATCH = 10  # events per append in the "engine-shaped" C=100 workload
 
 NAIVE_SCHEMA = (
     """CREATE TABLE events (
@@ -118,6 +133,8 @@ class Results:
 
     runs: dict[str, list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    pg: bool = False  # PostgreSQL rows are in the table only when --pg was given
+    sqlite: bool = True  # False with --only-pg
 
     def add(self, key: str, rate: float) -> None:
         """Record one run of ``key``."""
@@ -147,12 +164,32 @@ LABELS: dict[str, str] = {
         for c in CONCURRENCY
         for d in DURABILITIES
     },
+    **{f"pg.append.c{c}": f"PG append, C={c}" for c in PG_CONCURRENCY},
+    f"pg.append.c100x{PG_BATCH}": f"PG append, C=100, {PG_BATCH} ev/append",
+    "pg.replay.read_all": "PG replay, read_all(limit=5000)",
+    "es.pg.save1": "eventsourcing PostgreSQL, 1 event/save",
+    "es.pg.save1000": "eventsourcing PostgreSQL, 1000 events/save",
+    "es.pg.replay": "eventsourcing PostgreSQL notification_log",
 }
 
 
-def table_rows() -> list[tuple[str, list[str]]]:
+def pg_table_rows() -> list[tuple[str, list[str]]]:
+    """The PostgreSQL workloads with their references (eventsourcing, and SQLite)."""
+    batched = ["es.pg.save1000", "store.append.c100.full"]
+    return [
+        ("pg.append.c1", ["es.pg.save1", "store.append.c1.full"]),
+        ("pg.append.c100", batched),
+        (f"pg.append.c100x{PG_BATCH}", batched),
+        ("pg.append.c1000", ["es.pg.save1000", "store.append.c1000.full"]),
+        ("pg.replay.read_all", ["es.pg.replay", "store.replay.read_all"]),
+    ]
+
+
+def table_rows(pg: bool = False, sqlite: bool = True) -> list[tuple[str, list[str]]]:
     """Each osupgrade workload with the references it is compared to."""
-    rows: list[tuple[str, list[str]]] = []
+    rows: list[tuple[str, list[str]]] = pg_table_rows() if pg else []
+    if not sqlite:
+        return rows
     for durability in DURABILITIES:
         rows.append((f"store.append.c1.{durability}", [f"raw.single.{durability}", "es.save1"]))
         batched = [f"raw.naive.{durability}", f"raw.store.{durability}", "es.save1000"]
@@ -210,7 +247,7 @@ def note(message: str) -> None:
 
 
 async def _appender(
-    store: SQLiteEventStore, stream: str, count: int, payloads: list[dict[str, Any]], first: int
+    store: EventStore, stream: str, count: int, payloads: list[dict[str, Any]], first: int
 ) -> None:
     for version in range(count):  # the stream's current version = events appended so far
         data = payloads[(first + version) % PAYLOAD_POOL]
@@ -218,7 +255,7 @@ async def _appender(
 
 
 async def concurrent_appends(
-    store: SQLiteEventStore, writers: int, per_writer: int, payloads: list[dict[str, Any]]
+    store: EventStore, writers: int, per_writer: int, payloads: list[dict[str, Any]]
 ) -> float:
     """Run ``writers`` tasks appending ``per_writer`` events each; return the seconds."""
     start = time.perf_counter()
@@ -520,6 +557,143 @@ def bench_eventsourcing(config: Config, results: Results) -> None:
             results.add("es.replay", replayed)
 
 
+# -- PostgreSQL --------------------------------------------------------------------------
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _batch_appender(
+    store: PostgresEventStore, stream: str, appends: int, payloads: list[dict[str, Any]]
+) -> None:
+    for n in range(appends):
+        events = [NewEvent(EVENT_TYPE, payloads[(n + i) % PAYLOAD_POOL]) for i in range(PG_BATCH)]
+        await store.append(stream, events, n * PG_BATCH)
+
+
+async def pg_append_run(dsn: str, writers: int, total: int, batch: int) -> float:
+    """One run on a fresh schema: ``total`` events from ``writers`` concurrent tasks."""
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    payloads = payload_pool()
+    try:
+        async with PostgresEventStore(dsn, schema=schema) as store:
+            if batch == 1:
+                per_writer = max(1, total // writers)
+                seconds = await concurrent_appends(store, writers, per_writer, payloads)
+                return rate(writers * per_writer, seconds)
+            appends = max(1, total // (writers * batch))
+            start = time.perf_counter()
+            async with asyncio.TaskGroup() as group:
+                for i in range(writers):
+                    group.create_task(_batch_appender(store, f"s-{i}", appends, payloads))
+            return rate(writers * appends * batch, time.perf_counter() - start)
+    finally:
+        await _drop_schema(dsn, schema)
+
+
+async def pg_replay_run(dsn: str, events: int, streams: int) -> float:
+    """Build a log of ``events`` over ``streams`` streams, then replay it with read_all."""
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        async with PostgresEventStore(dsn, schema=schema) as store:
+            await concurrent_appends(store, streams, events // streams, payload_pool())
+        async with PostgresEventStore(dsn, schema=schema) as store:
+            start = time.perf_counter()
+            count, after = 0, 0
+            while page := await store.read_all(after=after, limit=PAGE):
+                count += len(page)
+                after = page[-1].position
+            return rate(count, time.perf_counter() - start)
+    finally:
+        await _drop_schema(dsn, schema)
+
+
+def bench_pg(config: Config, results: Results, dsn: str) -> None:
+    """PostgresEventStore appends at every concurrency, and a replay."""
+    results.pg = True
+    runs = [(f"pg.append.c{c}", c, 1) for c in PG_CONCURRENCY]
+    runs.append((f"pg.append.c100x{PG_BATCH}", 100, PG_BATCH))
+    for key, writers, batch in runs:
+        total = config.single_events if writers == 1 else config.events
+        note(f"PostgreSQL append C={writers} x{batch} ({total:,} events)")
+        for _ in range(config.repeat):
+            results.add(key, asyncio.run(pg_append_run(dsn, writers, total, batch)))
+    note(f"PostgreSQL replay of {config.replay_events:,} events")
+    for _ in range(config.repeat):
+        value = asyncio.run(pg_replay_run(dsn, config.replay_events, config.streams))
+        results.add("pg.replay.read_all", value)
+
+
+def es_pg_env(dsn: str, schema: str) -> dict[str, str]:
+    """eventsourcing's PostgreSQL settings for ``dsn``, in a schema of its own."""
+    parts = urlsplit(dsn)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": parts.path.lstrip("/") or "postgres",
+        "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": parts.username or "postgres",
+        "POSTGRES_PASSWORD": parts.password or "unused",
+        "POSTGRES_SCHEMA": schema,
+    }
+
+
+def es_pg_run(dsn: str, kind: str, total: int) -> tuple[float, float | None]:
+    """One eventsourcing run on a fresh PostgreSQL schema (created here, dropped after)."""
+    app_class, thing_class = es_classes()
+    schema = f"bench_es_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_exec(dsn, f'CREATE SCHEMA "{schema}"'))
+    try:
+        app = app_class(env=es_pg_env(dsn, schema))
+        try:
+            if kind == "save1":
+                return rate(total, es_save_one_by_one(app, thing_class, total)), None
+            total -= total % 1000
+            saved = rate(total, es_save_batched(app, thing_class, total))
+            return saved, es_replay(app)
+        finally:
+            app.close()
+    finally:
+        asyncio.run(_drop_schema(dsn, schema))
+
+
+async def _exec(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def bench_es_pg(config: Config, results: Results, dsn: str) -> None:
+    """The eventsourcing library on PostgreSQL, if it and psycopg are installed."""
+    keys = ("es.pg.save1", "es.pg.save1000", "es.pg.replay")
+    reason = None
+    if es_version() is None:
+        reason = "eventsourcing is not installed (pip install -e '.[bench]')"
+    else:
+        try:
+            import psycopg  # noqa: F401, PLC0415
+        except ImportError:
+            reason = "psycopg is not installed (pip install -e '.[bench]')"
+    if reason is not None:
+        results.skipped.update(dict.fromkeys(keys, reason))
+        note(f"skipping eventsourcing PostgreSQL rows: {reason}")
+        return
+    note(f"eventsourcing PostgreSQL ({config.es_single_events:,} single, {config.es_events:,})")
+    for _ in range(config.repeat):
+        results.add("es.pg.save1", es_pg_run(dsn, "save1", config.es_single_events)[0])
+        saved, replayed = es_pg_run(dsn, "save1000", config.es_events)
+        results.add("es.pg.save1000", saved)
+        if replayed is not None:
+            results.add("es.pg.replay", replayed)
+
+
 # -- report ----------------------------------------------------------------------------
 
 
@@ -556,6 +730,7 @@ def machine_facts() -> dict[str, str]:
         "aiosqlite": metadata.version("aiosqlite"),
         "orjson": metadata.version("orjson"),
         "eventsourcing": es_version() or "not installed",
+        "asyncpg": metadata.version("asyncpg"),
         "platform": platform.platform(),
         "aiosqlite_await_us": f"{await_cost_us():.0f}",
     }
@@ -569,7 +744,7 @@ def fmt_rate(value: float | None) -> str:
 def report_table(results: Results) -> list[dict[str, Any]]:
     """The comparison rows: workload, osupgrade ev/s, reference, reference ev/s, ratio."""
     table = []
-    for key, refs in table_rows():
+    for key, refs in table_rows(results.pg, results.sqlite):
         ours = results.median(key)
         for ref in refs:
             theirs = results.median(ref)
@@ -603,12 +778,22 @@ def print_table(table: list[dict[str, Any]]) -> None:
 
 def targets(results: Results) -> dict[str, dict[str, Any]]:
     """The project's performance targets and whether this run met them."""
-    checks = {
-        "append C=1000 FULL >= 100k ev/s": ("store.append.c1000.full", TARGET_APPEND),
-        "append C=1000 NORMAL >= 100k ev/s": ("store.append.c1000.normal", TARGET_APPEND),
-        "replay read_all >= 400k ev/s": ("store.replay.read_all", TARGET_REPLAY),
-        "replay subscribe >= 400k ev/s": ("store.replay.subscribe", TARGET_REPLAY),
-    }
+    checks = (
+        {}
+        if not results.sqlite
+        else {
+            "append C=1000 FULL >= 100k ev/s": ("store.append.c1000.full", TARGET_APPEND),
+            "append C=1000 NORMAL >= 100k ev/s": ("store.append.c1000.normal", TARGET_APPEND),
+            "replay read_all >= 400k ev/s": ("store.replay.read_all", TARGET_REPLAY),
+            "replay subscribe >= 400k ev/s": ("store.replay.subscribe", TARGET_REPLAY),
+        }
+    )
+    if results.pg:
+        checks["PostgreSQL append C=100 >= 20k ev/s"] = ("pg.append.c100", TARGET_PG_APPEND)
+        checks[f"PostgreSQL C=100 x{PG_BATCH} >= 20k ev/s"] = (
+            f"pg.append.c100x{PG_BATCH}",
+            TARGET_PG_APPEND,
+        )
     out = {}
     for name, (key, target) in checks.items():
         value = results.median(key)
@@ -622,8 +807,8 @@ def print_report(config: Config, facts: dict[str, str], results: Results) -> dic
     print(
         f"machine: {facts['cpu_count']} CPUs ({facts['cpu']}), Python {facts['python']}, "
         f"SQLite {facts['sqlite']}, aiosqlite {facts['aiosqlite']}, orjson {facts['orjson']}, "
-        f"eventsourcing {facts['eventsourcing']}; one no-op aiosqlite await: "
-        f"{facts['aiosqlite_await_us']} us"
+        f"eventsourcing {facts['eventsourcing']}, asyncpg {facts['asyncpg']}; "
+        f"one no-op aiosqlite await: {facts['aiosqlite_await_us']} us"
     )
     print(
         f"sizes: {config.events:,} events per C=100/1000 and raw batched run, "
@@ -639,7 +824,7 @@ def print_report(config: Config, facts: dict[str, str], results: Results) -> dic
     checks = targets(results)
     for name, check in checks.items():
         verdict = "MET" if check["met"] else "NOT MET"
-        print(f"target {name:<36} {fmt_rate(check['value']):>10} ev/s  {verdict}")
+        print(f"target {name:<40} {fmt_rate(check['value']):>10} ev/s  {verdict}")
     for key, reason in results.skipped.items():
         print(f"skipped {LABELS[key]}: {reason}")
     return {
@@ -668,6 +853,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--es-single-events", type=int, help="eventsourcing single saves")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (median)")
     parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("OSUPGRADE_BENCH_PG_DSN"),
+        help="PostgreSQL DSN: also measure PostgresEventStore (default $OSUPGRADE_BENCH_PG_DSN)",
+    )
+    parser.add_argument("--only-pg", action="store_true", help="skip the SQLite measurements")
     return parser.parse_args(argv)
 
 
@@ -693,12 +884,17 @@ def main(argv: list[str] | None = None) -> int:
     config = make_config(args)
     facts = machine_facts()
     results = Results()
-    steps: list[Callable[[Config, Results], None]] = [
-        bench_store_appends,
-        bench_raw_appends,
-        bench_replay,
-        bench_eventsourcing,
-    ]
+    if args.only_pg and not args.pg:
+        raise SystemExit("--only-pg needs --pg DSN")
+    steps: list[Callable[[Config, Results], None]] = []
+    results.sqlite = not args.only_pg
+    if not args.only_pg:
+        steps += [bench_store_appends, bench_raw_appends, bench_replay, bench_eventsourcing]
+    if args.pg:
+        steps += [
+            functools.partial(bench_pg, dsn=args.pg),
+            functools.partial(bench_es_pg, dsn=args.pg),
+        ]
     started = time.perf_counter()
     for step in steps:
         step(config, results)

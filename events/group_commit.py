@@ -1,0 +1,144 @@
+"""Group commit, shared by the durable backends: what one transaction of appends writes.
+
+The SQLite and PostgreSQL stores both queue concurrent appends and commit them together.
+How they reach the database differs; what a group writes does not: each append gets
+its rows (positions, versions, hash chain) or its own error, decided here without I/O,
+so both backends give every caller exactly the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from events.append_rules import StoredId, check_expected, retry_positions
+from events.encoding import EncodedEvent
+from events.errors import EventStoreError
+from events.hashing import event_hash
+
+Row = tuple[int, int, int, bytes, str, int, int, int, bytes, bytes, bytes]
+"""(position, stream_key, stream_version, event_id, type, schema_version, occurred_us,
+recorded_us, data, metadata, hash): one events row as the durable backends store it."""
+
+
+@dataclass(slots=True)
+class Append:
+    """One caller's append waiting for the writer."""
+
+    stream_id: str
+    batch: list[EncodedEvent]
+    expected: int | None
+    future: asyncio.Future[list[int]]
+
+
+@dataclass(slots=True)
+class GroupPlan:
+    """What one group transaction will write, decided before anything is written.
+
+    ``versions`` maps each stream name to ``(stream_key, version)``; key 0 means the
+    stream is not stored yet and gets ``next_key`` when it is first written.
+    """
+
+    head: int
+    last_hash: bytes
+    next_key: int
+    versions: dict[str, tuple[int, int]]
+    rows: list[Row] = field(default_factory=list)
+    new_streams: list[tuple[int, str]] = field(default_factory=list)
+    results: dict[int, list[int] | BaseException] = field(default_factory=dict)
+
+
+def take_group(pending: deque[Append], max_events: int) -> list[Append]:
+    """Pop queued appends (skipping cancelled ones) up to ``max_events`` events.
+
+    A single append larger than the limit still forms a group of its own.
+    """
+    group: list[Append] = []
+    size = 0
+    while pending and (not group or size + len(pending[0].batch) <= max_events):
+        item = pending.popleft()
+        if item.future.cancelled():
+            continue
+        group.append(item)
+        size += len(item.batch)
+    return group
+
+
+def conflicts(group: list[Append], versions: dict[str, tuple[int, int]]) -> bool:
+    """True if an append expects another version than the group would leave it at.
+
+    Walks the group in order, so a caller may queue several appends to one stream
+    (each expecting the version the previous one produces) and still take the fast path.
+    """
+    current = {name: version for name, (_, version) in versions.items()}
+    for item in group:
+        actual = current[item.stream_id]
+        if item.expected is not None and item.expected != actual:
+            return True
+        current[item.stream_id] = actual + len(item.batch)
+    return False
+
+
+def plan_group(
+    plan: GroupPlan, group: list[Append], found: dict[bytes, StoredId], recorded: int
+) -> GroupPlan:
+    """Decide what each append of ``group`` gets, rows or an error, and fill ``plan``.
+
+    ``found`` holds the already stored ids of the group (looked up only on the careful
+    path); an append whose ids are all stored, as the same append, is a retry and gets
+    its original positions.
+    """
+    for index, item in enumerate(group):
+        try:
+            if found:
+                mine = {e.event_id: found[e.event_id] for e in item.batch if e.event_id in found}
+                original = retry_positions(item.stream_id, item.batch, mine)
+                if original is not None:
+                    plan.results[index] = original
+                    continue
+            key, version = plan.versions[item.stream_id]
+            if item.expected is not None and item.expected != version:
+                check_expected(item.stream_id, item.expected, version)
+        except EventStoreError as exc:
+            plan.results[index] = exc
+            continue
+        plan.results[index] = _add_rows(plan, item, key, version, recorded)
+    return plan
+
+
+def _add_rows(plan: GroupPlan, item: Append, key: int, version: int, recorded: int) -> list[int]:
+    if key == 0:
+        key = plan.next_key
+        plan.next_key += 1
+        plan.new_streams.append((key, item.stream_id))
+    positions = []
+    prev = plan.last_hash
+    position = plan.head
+    for event in item.batch:
+        position += 1
+        version += 1
+        occurred = recorded if event.occurred_us is None else event.occurred_us
+        digest = event_hash(
+            prev, position, item.stream_id, version, event.event_id, event.type,
+            event.schema_version, occurred, recorded, event.data, event.metadata,
+        )  # fmt: skip
+        plan.rows.append(
+            (position, key, version, event.event_id, event.type, event.schema_version,
+             occurred, recorded, event.data, event.metadata, digest)
+        )  # fmt: skip
+        positions.append(position)
+        prev = digest
+    plan.head, plan.last_hash = position, prev
+    plan.versions[item.stream_id] = (key, version)
+    return positions
+
+
+def settle(future: asyncio.Future[list[int]], result: list[int] | BaseException) -> None:
+    """Hand one caller its positions or its error (unless it stopped waiting)."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
