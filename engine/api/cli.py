@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.api.auth import Token, generate_token, parse_token
 from engine.api.server import run_forever
-from engine.api.service import ServeSettings
+from engine.api.service import ServeSettings, is_postgres_dsn, redacted
 from engine.engine import WorkerCrashedError
 from engine.logging import configure_logging
 from events import EventStoreError
@@ -18,7 +18,14 @@ from events import EventStoreError
 def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``serve`` on the main parser's sub-commands."""
     serve = commands.add_parser("serve", help="run the ARM-compatible HTTP API with the engine")
-    serve.add_argument("--db", type=Path, required=True, help="SQLite event log (created if new)")
+    serve.add_argument(
+        "--db",
+        required=True,
+        help="SQLite event log file (created if new) or a postgresql://user@host/db DSN",
+    )
+    serve.add_argument(
+        "--pg-schema", default="osupgrade", help="PostgreSQL schema of the log and projections"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     serve.add_argument("--clock", choices=["real", "virtual"], default="real")
@@ -50,15 +57,18 @@ def run_serve(args: argparse.Namespace) -> int:
     if not tokens:
         generated = generate_token()
         tokens = (generated,)
+    db: Path | str = args.db if is_postgres_dsn(args.db) else Path(args.db)
     settings = ServeSettings(
-        db=args.db, host=args.host, port=args.port, clock=args.clock, speed=args.speed,
+        db=db, host=args.host, port=args.port, clock=args.clock, speed=args.speed,
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
+        pg_schema=args.pg_schema,
     )  # fmt: skip
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
 
     def ready(url: str) -> None:
-        print(f"osupgrade serving {url} ({args.clock} clock, log {args.db})", flush=True)
+        where = redacted(args.db)
+        print(f"osupgrade serving {url} ({args.clock} clock, log {where})", flush=True)
         if generated is not None:
             print(f"auth token (generated): {generated.secret}", flush=True)
 
@@ -83,7 +93,7 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--tls-cert and --tls-key go together"
     if args.history_page_size < 1:
         return "--history-page-size must be at least 1"
-    if args.db.exists() and not args.db.is_file():
+    if not is_postgres_dsn(args.db) and Path(args.db).exists() and not Path(args.db).is_file():
         return f"{args.db} is not a file"
     return None
 

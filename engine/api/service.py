@@ -1,8 +1,9 @@
 """Everything one server process runs: log, engine, simulated fleet, clock, projection.
 
-The engine, its workers and the projection runner share the process (and the embedded
-SQLite file); HTTP reads come from the runner's in-memory fold and the workers' state,
-never from a scan of the log.
+The engine, its workers and the projection runner share the process and the log (the
+embedded SQLite file, or a PostgreSQL database when ``db`` is a ``postgresql://`` DSN);
+HTTP reads come from the runner's in-memory fold and the workers' state, never from a
+scan of the log.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
 from engine.simulated_fleet import SimulatedFleet
-from events import SQLiteEventStore
-from projections.runner import ProjectionRunner
+from events import EventStore, PostgresEventStore, SQLiteEventStore
+from projections.postgres import PostgresTables
+from projections.runner import ProjectionRunner, ProjectionTables
 
 log = structlog.get_logger("osupgrade.api")
 
@@ -33,7 +35,7 @@ log = structlog.get_logger("osupgrade.api")
 class ServeSettings:
     """What ``osupgrade serve`` was asked to run."""
 
-    db: Path
+    db: Path | str  # a SQLite file, or a postgresql:// DSN
     host: str = "127.0.0.1"
     port: int = 8080
     clock: Literal["real", "virtual"] = "real"
@@ -46,6 +48,17 @@ class ServeSettings:
     start: datetime | None = None  # the virtual clock's start (default: now)
     engine: EngineSettings = field(default_factory=EngineSettings)
     fleet_journal: Path | None = None
+    pg_schema: str = "osupgrade"  # the PostgreSQL schema holding the log and projections
+
+    @property
+    def postgres(self) -> bool:
+        """True when ``db`` names a PostgreSQL server rather than a SQLite file."""
+        return is_postgres_dsn(self.db)
+
+
+def is_postgres_dsn(db: Path | str) -> bool:
+    """``postgresql://...`` or ``postgres://...`` (a file path otherwise)."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
 class ApiService:
@@ -54,7 +67,7 @@ class ApiService:
     def __init__(
         self,
         settings: ServeSettings,
-        store: SQLiteEventStore,
+        store: EventStore,
         engine: Engine,
         fleet: SimulatedFleet,
         runner: ProjectionRunner,
@@ -95,23 +108,44 @@ class ApiService:
     async def open(cls, settings: ServeSettings) -> AsyncIterator[ApiService]:
         """Start everything; on exit hand unfinished work back to the log and close."""
         clock = _clock(settings)
-        store = SQLiteEventStore(settings.db, clock=clock)
+        store, tables = _log(settings, clock)
         fleet = SimulatedFleet(clock, seed=settings.seed, journal=settings.fleet_journal)
         async with store:
             engine = Engine(store=store, fleet=fleet, clock=clock, settings=settings.engine)
-            runner = ProjectionRunner(store, settings.db)
+            runner = ProjectionRunner(store, tables)
             await engine.start()
             try:
                 async with runner:
                     service = cls(settings, store, engine, fleet, runner)
                     await service.projected()  # serve no read older than the log
-                    log.info("engine and projection started", db=str(settings.db))
+                    log.info("engine and projection started", db=redacted(settings.db))
                     yield service
                     await engine.durable()  # decided work reaches the log before we stop
                     await service.projected()
             finally:
                 await _stop(engine)
         log.info("stopped; unfinished upgrades continue from the log on the next start")
+
+
+def _log(
+    settings: ServeSettings, clock: EngineClock
+) -> tuple[SQLiteEventStore | PostgresEventStore, Path | ProjectionTables]:
+    """The event store and the projection's tables, side by side in one database."""
+    if settings.postgres:
+        dsn = str(settings.db)
+        store = PostgresEventStore(dsn, schema=settings.pg_schema, clock=clock)
+        return store, PostgresTables(dsn, schema=settings.pg_schema)
+    return SQLiteEventStore(settings.db, clock=clock), Path(settings.db)
+
+
+def redacted(db: Path | str) -> str:
+    """``db`` for logs: a DSN's password never appears."""
+    if not is_postgres_dsn(db):
+        return str(db)
+    scheme, _, rest = str(db).partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in credentials else ''}{at}{host}"
 
 
 def _clock(settings: ServeSettings) -> EngineClock:

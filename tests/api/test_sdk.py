@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.mgmt.compute import models as m
 
+from events import PostgresEventStore
+from projections.postgres import PostgresTables
 from tests.api.live import API, LOCATION, RG, UBUNTU, LiveServer, live_server, vmss_path
+from tests.backends import pg_drop_schema, pg_dsn
 
 PROBE = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/loadBalancers/lb/probes/p"
 
@@ -185,3 +190,34 @@ def test_image_versions_and_missing_resources(server: LiveServer) -> None:
     client.virtual_machine_scale_sets.begin_delete(RG, "fresh").result()
     with pytest.raises(ResourceNotFoundError):
         client.virtual_machine_scale_sets.get(RG, "fresh")
+
+
+def test_the_sdk_drives_a_server_whose_log_is_postgresql(tmp_path: Path) -> None:
+    dsn = pg_dsn()
+    schema = f"api_{uuid.uuid4().hex[:12]}"
+    with live_server(tmp_path, db=dsn, pg_schema=schema) as server:
+        server.publish("1.0.0")
+        client = server.sdk()
+        vmss = client.virtual_machine_scale_sets
+        vmss.begin_create_or_update(RG, "web", scale_set(5, automatic=True)).result()
+        server.publish("1.1.0", bootSeconds=60)
+        server.advance(4 * 3600)
+        latest = client.virtual_machine_scale_set_rolling_upgrades.get_latest(RG, "web")
+        assert latest.running_status.code == "Completed"
+        assert latest.progress.successful_instance_count == 5
+        head = server.head()
+    asyncio.run(_check_postgres_log(dsn, schema, head))
+
+
+async def _check_postgres_log(dsn: str, schema: str, head: int) -> None:
+    """The log and the projection's checkpoint are in PostgreSQL, and the chain holds."""
+    async with PostgresEventStore(dsn, schema=schema) as store:
+        try:
+            assert await store.head() == head > 0
+            assert (await store.verify()).ok
+            types = {e.type for e in await store.read_all(limit=10_000)}
+            assert {"scaleset.created", "upgrade.completed"} <= types
+            checkpoint, _, sets = await PostgresTables(dsn, schema=schema).rows()
+            assert checkpoint == head and len(sets) == 1
+        finally:
+            await pg_drop_schema(store)

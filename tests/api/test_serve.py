@@ -84,3 +84,17 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 2, args
         assert result.stderr.startswith("error: "), result.stderr
+
+
+def test_an_unreachable_postgresql_server_is_named_without_its_password() -> None:
+    dsn = "postgresql://osupgrade:s3cret@127.0.0.1:1/fleet"  # port 1: nothing listens
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--db", dsn, "--port", "0",
+         "--auth-token", "t"],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot connect to PostgreSQL at postgresql://osupgrade:***@127.0.0.1:1" in (
+        result.stderr
+    )
+    assert "s3cret" not in result.stderr + result.stdout
