@@ -92,6 +92,7 @@ class Engine:
         self._changed: dict[str, asyncio.Event] = {}
         self._create_lock = asyncio.Lock()
         self._failures: list[BaseException] = []
+        self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
             UpgradeSlots(clock, self.settings.max_concurrent_upgrades), self._notify,
@@ -168,6 +169,7 @@ class Engine:
             error = task.exception()
             assert error is not None
             self._failures.append(error)
+            self._crashed[key] = error
             log.error("worker crashed", scale_set=key, error=repr(error))
         self._notify(key)
 
@@ -438,8 +440,18 @@ class Engine:
             return await worker.submit(command)
 
     def _live_worker(self, key: str) -> ScaleSetWorker | None:
+        """The running worker of ``key``; None if there is no such (live) scale set.
+
+        A set whose worker crashed is not "not found": that would invite a PUT to
+        create it again over its own history. It raises ``WorkerCrashedError``.
+        """
         worker = self._workers.get(key)
-        if worker is None or worker.state.deleted or key not in self._tasks:
+        if worker is None or worker.state.deleted:
+            return None
+        if key not in self._tasks:
+            crash = self._crashed.get(key)
+            if crash is not None:
+                raise WorkerCrashedError(f"the worker of scale set {key} crashed") from crash
             return None
         return worker
 
