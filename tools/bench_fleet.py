@@ -55,6 +55,30 @@ def base_spec(instances: int) -> ScaleSetSpec:
     )  # fmt: skip
 
 
+async def rollout(engine: Engine, clock: VirtualClock, scale_sets: int, instances: int) -> int:
+    """Create the fleet, publish a new version, wait for every upgrade; how many completed.
+
+    The workload shared by this benchmark and ``bench_fleet_pg.py``.
+    """
+    async with clock.participant():
+        await engine.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
+        template = base_spec(instances)
+        for i in range(scale_sets):
+            await engine.create_or_update_scale_set(replace(template, name=f"vmss{i:05d}"))
+        await engine.publish_image_version(
+            LOCATION, *UBUNTU, "1.1.0", SimulationProfile(boot_seconds=60)
+        )
+    done = 0
+    for i in range(scale_sets):
+        upgrade = await engine.wait_for_upgrade("bench", "rg", f"vmss{i:05d}")
+        done += upgrade.status == UpgradeStatus.COMPLETED
+        if upgrade.status != UpgradeStatus.COMPLETED:
+            print(f"  vmss{i:05d}: {upgrade.status} {upgrade.error}", file=sys.stderr)
+        if (i + 1) % max(1, scale_sets // 10) == 0:
+            print(f"  {i + 1}/{scale_sets} scale sets finished", file=sys.stderr)
+    return done
+
+
 async def run(scale_sets: int, instances: int, db: Path, project: bool) -> dict[str, float]:
     clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
     fleet = SimulatedFleet(clock, seed=1)
@@ -64,22 +88,7 @@ async def run(scale_sets: int, instances: int, db: Path, project: bool) -> dict[
         if runner is not None:
             await runner.start()
         started = time.perf_counter()
-        async with clock.participant():
-            await engine.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
-            template = base_spec(instances)
-            for i in range(scale_sets):
-                await engine.create_or_update_scale_set(replace(template, name=f"vmss{i:05d}"))
-            await engine.publish_image_version(
-                LOCATION, *UBUNTU, "1.1.0", SimulationProfile(boot_seconds=60)
-            )
-        done = 0
-        for i in range(scale_sets):
-            upgrade = await engine.wait_for_upgrade("bench", "rg", f"vmss{i:05d}")
-            done += upgrade.status == UpgradeStatus.COMPLETED
-            if upgrade.status != UpgradeStatus.COMPLETED:
-                print(f"  vmss{i:05d}: {upgrade.status} {upgrade.error}", file=sys.stderr)
-            if (i + 1) % max(1, scale_sets // 10) == 0:
-                print(f"  {i + 1}/{scale_sets} scale sets finished", file=sys.stderr)
+        done = await rollout(engine, clock, scale_sets, instances)
         head = await store.head()
         lag_done = await runner.lag() if runner is not None else 0
         if runner is not None:

@@ -20,7 +20,6 @@ import resource
 import sys
 import time
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,11 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_fleet import LOCATION, UBUNTU, base_spec  # noqa: E402
+from bench_fleet import rollout  # noqa: E402
 
 from engine.clock import VirtualClock  # noqa: E402
-from engine.domain.events import SimulationProfile  # noqa: E402
-from engine.domain.model import UpgradeStatus  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.logging import configure_logging  # noqa: E402
 from engine.simulated_fleet import SimulatedFleet  # noqa: E402
@@ -50,20 +47,7 @@ async def run(dsn: str, schema: str, scale_sets: int, instances: int) -> dict[st
     store = PostgresEventStore(dsn, schema=schema, clock=clock)
     async with store, Engine(store=store, fleet=fleet, clock=clock) as engine:
         started = time.perf_counter()
-        async with clock.participant():
-            await engine.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
-            template = base_spec(instances)
-            for i in range(scale_sets):
-                await engine.create_or_update_scale_set(replace(template, name=f"vmss{i:05d}"))
-            await engine.publish_image_version(
-                LOCATION, *UBUNTU, "1.1.0", SimulationProfile(boot_seconds=60)
-            )
-        done = 0
-        for i in range(scale_sets):
-            upgrade = await engine.wait_for_upgrade("bench", "rg", f"vmss{i:05d}")
-            done += upgrade.status == UpgradeStatus.COMPLETED
-            if (i + 1) % max(1, scale_sets // 10) == 0:
-                print(f"  {i + 1}/{scale_sets} scale sets finished", file=sys.stderr)
+        done = await rollout(engine, clock, scale_sets, instances)
         wall = time.perf_counter() - started
         head = await store.head()
         report = await store.verify()
