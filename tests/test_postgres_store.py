@@ -324,7 +324,7 @@ async def test_three_processes_append_while_a_follower_never_skips(
 ) -> None:
     """The gap race with real processes, as several engines on one database are: three
     child processes append concurrently; the follower sees every position once, in order."""
-    appends, batch = 60, 5
+    appends, batch = 120, 5
     total = 3 * appends * batch
     async with make(poll_interval=3600) as follower:  # creates the schema first
         seen: list[int] = []
@@ -347,6 +347,8 @@ async def test_three_processes_append_while_a_follower_never_skips(
             assert versions == list(range(1, len(versions) + 1))
         writers = [e.data["by"] for e in log]
         switches = sum(a != b for a, b in itertools.pairwise(writers))
-        assert switches >= 10, "the processes did not write concurrently"
+        # Sequential processes would switch twice; each process group-commits its ten
+        # lanes, so interleaving shows as a handful of switches, not hundreds.
+        assert switches >= 6, "the processes did not write concurrently"
         report = await follower.verify()
         assert (report.ok, report.checked) == (True, total)
