@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from events.append_rules import StoredId, check_expected, retry_positions
-from events.encoding import EncodedEvent
+from events.encoding import EncodedEvent, check_expected_version, check_stream_name, encode_batch
+from events.envelope import NewEvent
 from events.errors import EventStoreError
 from events.hashing import event_hash
 
@@ -47,6 +49,66 @@ class GroupPlan:
     rows: list[Row] = field(default_factory=list)
     new_streams: list[tuple[int, str]] = field(default_factory=list)
     results: dict[int, list[int] | BaseException] = field(default_factory=dict)
+
+
+class AppendQueue:
+    """The appends waiting for a store's one writer task, and that task's loop.
+
+    Callers queue their (validated, encoded) append and wait; the writer takes as many
+    queued appends as fit in a group and commits them together. If the writer stops,
+    every caller still waiting gets the store's error instead of waiting forever.
+    """
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self._pending: deque[Append] = deque()
+        self._wakeup = asyncio.Event()
+
+    async def put(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+    ) -> list[int]:
+        """Queue one append; return its positions once its group has committed."""
+        check_stream_name(stream_id)
+        expected = check_expected_version(expected_version)
+        batch = encode_batch(events)
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._pending.append(Append(stream_id, batch, expected, future))
+        self._wakeup.set()
+        return await future
+
+    def wake(self) -> None:
+        """Make an idle writer look at ``keep_going`` again (the store is closing)."""
+        self._wakeup.set()
+
+    async def run_writer(
+        self,
+        commit: Callable[[list[Append]], Awaitable[None]],
+        keep_going: Callable[[], bool],
+        stopped: Callable[[BaseException], EventStoreError],
+    ) -> None:
+        """Commit groups until the queue is empty and ``keep_going()`` is false.
+
+        On any failure (or cancellation) ``stopped`` gives the error every waiting
+        caller receives; it is called inside the ``except`` block, so it can log.
+        """
+        group: list[Append] = []
+        try:
+            while True:
+                if not self._pending:
+                    if not keep_going():
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                group = take_group(self._pending, self.max_events)
+                if group:
+                    await commit(group)
+        except BaseException as exc:
+            error = stopped(exc)
+            for item in [*group, *self._pending]:
+                settle(item.future, error)
+            self._pending.clear()
+            raise
 
 
 def take_group(pending: deque[Append], max_events: int) -> list[Append]:

@@ -32,8 +32,8 @@ import asyncio
 import contextlib
 import re
 import zlib
-from collections import deque
 from collections.abc import AsyncIterator, Collection, Sequence
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,7 +44,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from events.append_rules import StoredId
 from events.clock import Clock, SystemClock, to_micros
-from events.encoding import check_expected_version, check_stream_name, encode_batch
+from events.encoding import check_stream_name
 from events.envelope import NewEvent, RecordedEvent
 from events.errors import (
     CorruptStoreError,
@@ -53,7 +53,14 @@ from events.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
-from events.group_commit import Append, GroupPlan, conflicts, plan_group, settle, take_group
+from events.group_commit import (
+    Append,
+    AppendQueue,
+    GroupPlan,
+    conflicts,
+    plan_group,
+    settle,
+)
 from events.hashing import GENESIS_HASH
 from events.head_watch import HeadWatch
 from events.registry import EventRegistry
@@ -251,14 +258,12 @@ class PostgresEventStore:
         self._clock = clock or SystemClock()
         self._registry = registry
         self._reader_count = readers
-        self._max_group = max_group_events
         self._poll_interval = poll_interval
         self._connect_timeout = connect_timeout
         self._writer: asyncpg.Connection | None = None
         self._listener: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
-        self._pending: deque[Append] = deque()
-        self._wakeup = asyncio.Event()
+        self._queue = AppendQueue(max_group_events)
         self._tasks: list[asyncio.Task[None]] = []
         self._watch = HeadWatch()
         self._versions: dict[str, tuple[int, int]] = {}  # name -> (stream_key, version)
@@ -388,7 +393,7 @@ class PostgresEventStore:
             return
         was_open = self._state == "open"
         self._state = "closing"
-        self._wakeup.set()
+        self._queue.wake()
         if self._tasks:
             self._tasks[1].cancel()
             for task in self._tasks:
@@ -450,37 +455,21 @@ class PostgresEventStore:
     ) -> list[int]:
         """See ``EventStore.append``; returns after the group's ``COMMIT``."""
         self._check_open()
-        check_stream_name(stream_id)
-        expected = check_expected_version(expected_version)
-        batch = encode_batch(events)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append(Append(stream_id, batch, expected, future))
-        self._wakeup.set()
-        return await future
+        return await self._queue.put(stream_id, events, expected_version)
 
     async def _run_writer(self) -> None:
-        group: list[Append] = []
-        try:
-            while True:
-                if not self._pending:
-                    if self._state != "open":
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                group = take_group(self._pending, self._max_group)
-                if group:
-                    await self._commit_group(group, careful=False)
-        except BaseException as exc:
-            # Never leave a caller waiting forever: fail everything still queued.
-            error = StoreClosedError(f"the writer of {self.where} stopped: {exc!r}")
-            self._state = "closing"
-            for item in [*group, *self._pending]:
-                settle(item.future, error)
-            self._pending.clear()
-            if not isinstance(exc, asyncio.CancelledError):
-                self._log.exception("event store writer stopped")
-            raise
+        await self._queue.run_writer(
+            partial(self._commit_group, careful=False),
+            lambda: self._state == "open",
+            self._writer_stopped,
+        )
+
+    def _writer_stopped(self, exc: BaseException) -> StoreClosedError:
+        """The store can take no more appends; what its waiting callers are told."""
+        self._state = "closing"
+        if not isinstance(exc, asyncio.CancelledError):
+            self._log.exception("event store writer stopped")
+        return StoreClosedError(f"the writer of {self.where} stopped: {exc!r}")
 
     async def _commit_group(
         self, group: list[Append], *, careful: bool, retry: bool = True

@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections import deque
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ import structlog
 
 from events.append_rules import StoredId
 from events.clock import Clock, SystemClock, to_micros
-from events.encoding import check_expected_version, check_stream_name, encode_batch
+from events.encoding import check_stream_name
 from events.envelope import NewEvent, RecordedEvent
 from events.errors import (
     CorruptStoreError,
@@ -45,11 +45,11 @@ from events.errors import (
 )
 from events.group_commit import (
     Append,
+    AppendQueue,
     GroupPlan,
     conflicts,
     plan_group,
     settle,
-    take_group,
 )
 from events.hashing import GENESIS_HASH
 from events.head_watch import HeadWatch
@@ -126,12 +126,10 @@ class SQLiteEventStore:
         self._clock = clock or SystemClock()
         self._registry = registry
         self._reader_count = readers
-        self._max_group = max_group_events
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        self._pending: deque[Append] = deque()
-        self._wakeup = asyncio.Event()
+        self._queue = AppendQueue(max_group_events)
         self._writer_task: asyncio.Task[None] | None = None
         self._watch = HeadWatch()
         self._versions: dict[str, tuple[int, int]] = {}  # name -> (stream_key, version)
@@ -237,7 +235,7 @@ class SQLiteEventStore:
             return
         was_open = self._state == "open"
         self._state = "closing"
-        self._wakeup.set()
+        self._queue.wake()
         if self._writer_task is not None:
             with contextlib.suppress(Exception):
                 await self._writer_task
@@ -265,40 +263,21 @@ class SQLiteEventStore:
     ) -> list[int]:
         """See ``EventStore.append``; returns after the group's ``COMMIT``."""
         self._check_open()
-        check_stream_name(stream_id)
-        expected = check_expected_version(expected_version)
-        batch = encode_batch(events)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append(Append(stream_id, batch, expected, future))
-        self._wakeup.set()
-        return await future
+        return await self._queue.put(stream_id, events, expected_version)
 
     async def _run_writer(self) -> None:
-        group: list[Append] = []
-        try:
-            while True:
-                if not self._pending:
-                    if self._state != "open":
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                group = self._take_group()
-                if group:
-                    await self._commit_group(group, careful=False)
-        except BaseException as exc:
-            # Never leave a caller waiting forever: fail everything still queued.
-            error = StoreClosedError(f"the writer of {self.path} stopped: {exc!r}")
-            self._state = "closing"
-            for item in [*group, *self._pending]:
-                settle(item.future, error)
-            self._pending.clear()
-            if not isinstance(exc, asyncio.CancelledError):
-                self._log.exception("event store writer stopped")
-            raise
+        await self._queue.run_writer(
+            partial(self._commit_group, careful=False),
+            lambda: self._state == "open",
+            self._writer_stopped,
+        )
 
-    def _take_group(self) -> list[Append]:
-        return take_group(self._pending, self._max_group)
+    def _writer_stopped(self, exc: BaseException) -> StoreClosedError:
+        """The store can take no more appends; what its waiting callers are told."""
+        self._state = "closing"
+        if not isinstance(exc, asyncio.CancelledError):
+            self._log.exception("event store writer stopped")
+        return StoreClosedError(f"the writer of {self.path} stopped: {exc!r}")
 
     async def _commit_group(self, group: list[Append], *, careful: bool) -> None:
         """Write one group in one transaction and settle every caller's future.
