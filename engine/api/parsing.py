@@ -211,12 +211,18 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _string(obj: JSON, name: str, path: str, default: str | None = None) -> str:
+def _field(obj: JSON, name: str, path: str, *, required: bool) -> tuple[Any, str]:
+    """The value of ``name`` (None when absent) and its ARM target; absent and required: 400."""
     value = _get(obj, name)
     target = _join(path, name)
-    if value is None:
-        if default is None:
-            raise invalid(target, "is required")
+    if value is None and required:
+        raise invalid(target, "is required")
+    return value, target
+
+
+def _string(obj: JSON, name: str, path: str, default: str | None = None) -> str:
+    value, target = _field(obj, name, path, required=default is None)
+    if value is None and default is not None:
         return default
     if not isinstance(value, str) or not value or len(value) > MAX_STRING:
         raise invalid(target, f"must be a non-empty string of at most {MAX_STRING} characters")
@@ -226,11 +232,8 @@ def _string(obj: JSON, name: str, path: str, default: str | None = None) -> str:
 
 
 def _int(obj: JSON, name: str, path: str, default: int | None = None) -> int:
-    value = _get(obj, name)
-    target = _join(path, name)
-    if value is None:
-        if default is None:
-            raise invalid(target, "is required")
+    value, target = _field(obj, name, path, required=default is None)
+    if value is None and default is not None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(target, "must be an integer")
@@ -238,11 +241,8 @@ def _int(obj: JSON, name: str, path: str, default: int | None = None) -> int:
 
 
 def _bool(obj: JSON, name: str, path: str, default: bool | None = None) -> bool:
-    value = _get(obj, name)
-    target = _join(path, name)
-    if value is None:
-        if default is None:
-            raise invalid(target, "is required")
+    value, target = _field(obj, name, path, required=default is None)
+    if value is None and default is not None:
         return default
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"  # docs show "MaxSurge": "true"; ARM accepts it
