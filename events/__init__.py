@@ -13,8 +13,10 @@ from events.errors import (
     DuplicateEventIdError,
     EventStoreError,
     EventTooLargeError,
+    FencedError,
     InvalidEventError,
     InvalidExpectedVersionError,
+    InvalidFenceError,
     InvalidStreamNameError,
     NotAnEventStoreError,
     StoreClosedError,
@@ -22,6 +24,7 @@ from events.errors import (
     UnknownEventTypeError,
     UpcastError,
 )
+from events.fencing import Fence
 from events.ids import uuid7
 from events.memory import InMemoryEventStore
 from events.postgres import PostgresEventStore
@@ -40,10 +43,13 @@ __all__ = [
     "EventStore",
     "EventStoreError",
     "EventTooLargeError",
+    "Fence",
+    "FencedError",
     "FixedClock",
     "InMemoryEventStore",
     "InvalidEventError",
     "InvalidExpectedVersionError",
+    "InvalidFenceError",
     "InvalidStreamNameError",
     "Metadata",
     "NewEvent",

@@ -59,6 +59,27 @@ class DuplicateEventIdError(EventStoreError):
         self.stream_id = stream_id
 
 
+class InvalidFenceError(EventStoreError, ValueError):
+    """A ``Fence`` has an empty or too long scope, or a token that is not an int >= 0."""
+
+
+class FencedError(EventStoreError):
+    """A higher fencing token was already used for the scope; nothing was written.
+
+    The caller's lease was taken over: it must stop acting for the scope at once,
+    not reload and retry as after a ``ConcurrencyError``.
+    """
+
+    def __init__(self, scope: str, token: int, current: int) -> None:
+        super().__init__(
+            f"append to scope {scope} with fencing token {token} refused: "
+            f"token {current} already used"
+        )
+        self.scope = scope
+        self.token = token
+        self.current = current
+
+
 class StoreClosedError(EventStoreError):
     """The store was closed (or never opened) when it was used."""
 

@@ -16,6 +16,7 @@ from events.clock import Clock, SystemClock, to_micros
 from events.encoding import EncodedEvent, check_expected_version, check_stream_name, encode_batch
 from events.envelope import NewEvent, RecordedEvent
 from events.errors import StoreClosedError
+from events.fencing import Fence, check_fence, check_scope, fence_refusal, record
 from events.hashing import GENESIS_HASH, event_hash
 from events.head_watch import HeadWatch
 from events.registry import EventRegistry
@@ -36,6 +37,7 @@ class InMemoryEventStore:
         self._events: list[RecordedEvent] = []
         self._streams: dict[str, list[int]] = {}
         self._ids: dict[bytes, int] = {}
+        self._fences: dict[str, int] = {}  # scope -> highest fencing token appended with
         self._watch = HeadWatch()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -51,12 +53,18 @@ class InMemoryEventStore:
             raise StoreClosedError("the event store is closed")
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        fence: Fence | None = None,
     ) -> list[int]:
         """See ``EventStore.append``."""
         self._check_open()
         check_stream_name(stream_id)
         expected = check_expected_version(expected_version)
+        fence = check_fence(fence)
         batch = encode_batch(events)
         async with self._lock:
             found = {
@@ -67,14 +75,23 @@ class InMemoryEventStore:
             original = retry_positions(stream_id, batch, found)
             if original is not None:
                 return original
+            refusal = fence_refusal(fence, self._fences)
+            if refusal is not None:
+                raise refusal
             versions = self._streams.setdefault(stream_id, [])
             check_expected(stream_id, expected, len(versions))
             positions = [
                 self._store(stream_id, len(versions) + 1 + i, e) for i, e in enumerate(batch)
             ]
             versions.extend(positions)
+            record(fence, self._fences)
         self._watch.advance(positions[-1])
         return positions
+
+    async def fence_token(self, scope: str) -> int:
+        """See ``EventStore.fence_token``."""
+        self._check_open()
+        return self._fences.get(check_scope(scope), 0)
 
     def _stored_id(self, position: int) -> StoredId:
         row = self._rows[position - 1]

@@ -53,6 +53,7 @@ from events.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
+from events.fencing import Fence
 from events.group_commit import (
     Append,
     AppendQueue,
@@ -451,11 +452,22 @@ class PostgresEventStore:
     # -- appending -------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        fence: Fence | None = None,
     ) -> list[int]:
         """See ``EventStore.append``; returns after the group's ``COMMIT``."""
         self._check_open()
+        if fence is not None:
+            raise NotImplementedError("fencing is not built for PostgreSQL yet")
         return await self._queue.put(stream_id, events, expected_version)
+
+    async def fence_token(self, scope: str) -> int:
+        """See ``EventStore.fence_token``."""
+        raise NotImplementedError("fencing is not built for PostgreSQL yet")
 
     async def _run_writer(self) -> None:
         await self._queue.run_writer(

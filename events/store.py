@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from events.envelope import NewEvent, RecordedEvent
+from events.fencing import Fence
 from events.verify import VerifyReport
 
 if TYPE_CHECKING:
@@ -23,18 +24,36 @@ class EventStore(Protocol):
     """An append-only log of streams with one global, commit-ordered position."""
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        fence: Fence | None = None,
     ) -> list[int]:
         """Append ``events`` to ``stream_id`` atomically and return their positions.
 
         :param expected_version: the stream's current version (0 for a new stream), or
             ``None`` to append whatever the version is.
+        :param fence: the caller's lease, if it has one. If the store has recorded a
+            higher token for ``fence.scope``, nothing is written. Otherwise the append
+            commits and the scope's recorded token becomes ``max(recorded, token)`` in
+            the same transaction, so from then on every lower token is refused. Equal
+            tokens are accepted; appends without a fence are not checked.
+        :raises FencedError: a higher token was already used for ``fence.scope``;
+            nothing written (other appends committed in the same group are unaffected).
+            Checked before ``expected_version``: a fenced caller must stop, not retry.
         :raises ConcurrencyError: the stream is at another version; nothing written.
         :raises DuplicateEventIdError: ids are reused but this is not a retry.
 
         Resending an append with the same event ids returns the original positions and
-        writes nothing, so a caller that lost the answer can simply retry.
+        writes nothing, so a caller that lost the answer can simply retry. This is
+        decided first: a retry is answered even if its fence is stale by now.
         """
+        ...
+
+    async def fence_token(self, scope: str) -> int:
+        """Return the highest fencing token recorded for ``scope`` (0 if none)."""
         ...
 
     async def read_stream(

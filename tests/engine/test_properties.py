@@ -73,7 +73,7 @@ from engine.domain.model import (
 from engine.engine import Engine
 from engine.fleet import ReimageOutcome, RestoreOutcome
 from engine.simulated_fleet import SimulatedFleet, SimulatedInstance
-from events import InMemoryEventStore, NewEvent, RecordedEvent
+from events import Fence, InMemoryEventStore, NewEvent, RecordedEvent
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 
 T = TypeVar("T")
@@ -174,10 +174,15 @@ class JournalStore(InMemoryEventStore):
         self.finished = asyncio.Event()
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        fence: Fence | None = None,
     ) -> list[int]:
         """Append, journal, and snapshot the machines when an upgrade ends."""
-        positions = await super().append(stream_id, events, expected_version)
+        positions = await super().append(stream_id, events, expected_version, fence=fence)
         self.fleet.note(Append(list(positions)))
         if stream_id.startswith("upgrade-") and any(e.type in FINAL_TYPES for e in events):
             self.snapshots.setdefault(stream_id, copy.deepcopy(self.fleet.inner.instances))
