@@ -100,7 +100,9 @@ async def _parked(future: asyncio.Future[None], clock: VirtualClock | None) -> N
     try:
         await future
     except BaseException:
-        if not future.done():  # cancelled while parked: undo the accounting
+        # Cancelled while parked (asyncio cancels the awaited future too): undo the
+        # accounting, unless a wake-up got there first (it unparked already).
+        if not future.done() or future.cancelled():
             future.cancel()
             if clock is not None:
                 clock._unpark(1)
@@ -294,14 +296,27 @@ class VirtualClock:
 
 
 class RealClock:
-    """Wall-clock time from a start point, optionally running ``speed`` times faster."""
+    """Wall-clock time from a start point, optionally running ``speed`` times faster.
 
-    def __init__(self, *, speed: float = 1.0, start: datetime | None = None) -> None:
+    ``origin_wall`` (a ``time.time()`` value) says when ``start`` was: processes given
+    the same start, origin and speed agree on the time, so engines in several processes
+    can take over each other's work. Without it the origin is this process's start.
+    """
+
+    def __init__(
+        self,
+        *,
+        speed: float = 1.0,
+        start: datetime | None = None,
+        origin_wall: float | None = None,
+    ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self._speed = speed
         self._origin = (start or datetime.now(UTC)).astimezone(UTC)
-        self._origin_mono = time.monotonic()
+        # one monotonic origin, shifted by how long ago the shared wall origin was
+        ago = 0.0 if origin_wall is None else time.time() - origin_wall
+        self._origin_mono = time.monotonic() - ago
 
     def now(self) -> datetime:
         """The current (possibly sped-up) time."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -36,9 +38,10 @@ from engine.domain.scale_set import EngineSettings, OperationNotAllowedError
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet
+from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext
-from events import EventStore, Metadata
+from events import EventStore, FencedError, Metadata
 
 log = structlog.get_logger("osupgrade.engine")
 
@@ -48,10 +51,15 @@ _CATALOG_TYPES = [
     "gallery.version_published",
     "gallery.version_replicated",
 ]
+_FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
 
 
 class ScaleSetNotFoundError(LookupError):
     """No scale set by that name (HTTP 404 ``ResourceNotFound``)."""
+
+
+class NotOwnedHereError(RuntimeError):
+    """The scale set exists but another engine sharing the log drives it."""
 
 
 class WorkerCrashedError(RuntimeError):
@@ -81,8 +89,10 @@ class Engine:
         fleet: Fleet,
         clock: EngineClock,
         settings: EngineSettings | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.store = store
+        self.ownership = ownership
         self.fleet = fleet
         self.clock = clock
         self.settings = settings or EngineSettings()
@@ -93,9 +103,12 @@ class Engine:
         self._create_lock = asyncio.Lock()
         self._failures: list[BaseException] = []
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
+        self._known: set[str] = set()  # live scale sets of the log, driven here or not
+        self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
             UpgradeSlots(clock, self.settings.max_concurrent_upgrades), self._notify,
+            ownership.engine_id if ownership is not None else None,
         )  # fmt: skip
 
     async def __aenter__(self) -> Engine:
@@ -108,52 +121,155 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the catalog from the log, then start a worker per live scale set."""
+        """Rebuild the catalog from the log, then start a worker per live scale set.
+
+        With ``ownership``, workers start only for the scale sets this engine holds
+        leases on, and the engine keeps following what other engines append.
+        """
         async with self.clock.participant():
-            live: dict[str, None] = {}
+            head = await self.store.head()
             last_time = None
-            async for page in self._scan([*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]):
+            async for page in self._scan(_FOLLOWED, up_to=head):
                 for recorded in page:
-                    event = DOMAIN_EVENTS.decode(recorded)
                     last_time = recorded.occurred_at
-                    if isinstance(event, ScaleSetCreated):
-                        live[event.spec.key] = None
-                    elif isinstance(event, ScaleSetDeleted):
-                        live.pop(event.key, None)
-                    else:
-                        self._apply_catalog(event)
-            tail = await self.store.read_all(after=max(0, await self.store.head() - 1))
+                    self._apply_followed(DOMAIN_EVENTS.decode(recorded))
+            tail = await self.store.read_all(after=max(0, head - 1), up_to=head)
             if tail:
                 last_time = tail[-1].occurred_at
             if isinstance(self.clock, VirtualClock) and last_time is not None:
                 self.clock.set_time(last_time)  # resume where the log left off
-            for key in live:
-                self._spawn(key)
-        log.info("engine started", scale_sets=len(live))
+            if self.ownership is None:
+                for key in self._known:
+                    self._spawn(key)
+            else:
+                await self.ownership.board.add(self._known)
+                self._background.append(asyncio.create_task(self._follow(head)))
+                if self.ownership.claim:
+                    participation = self.clock.participant()  # counts now, like a worker
+                    self._background.append(asyncio.create_task(self._lease_loop(participation)))
+        log.info("engine started", scale_sets=len(self._known), shared=self.ownership is not None)
 
-    async def _scan(self, types: list[str]) -> Any:
+    async def _scan(self, types: list[str], up_to: int | None = None) -> Any:
         after = 0
         while True:
-            page = await self.store.read_all(after=after, limit=5000, types=types)
+            page = await self.store.read_all(after=after, limit=5000, types=types, up_to=up_to)
             if not page:
                 return
             yield page
             after = page[-1].position
 
+    def _apply_followed(self, event: object) -> None:
+        """Fold what every engine needs to know: the catalog and which sets exist."""
+        if isinstance(event, ScaleSetCreated):
+            self._known.add(event.spec.key)
+        elif isinstance(event, ScaleSetDeleted):
+            self._known.discard(event.key)
+        else:
+            self._apply_catalog(event)
+
+    # -- sharing the log with other engines --------------------------------------------
+
+    async def _follow(self, after: int) -> None:
+        """Keep up with catalog changes and scale sets that other engines append."""
+        assert self.ownership is not None
+        board = self.ownership.board
+        async for batch in self.store.subscribe(after=after, types=_FOLLOWED).batches():
+            created, deleted = [], []
+            for recorded in batch:
+                event = DOMAIN_EVENTS.decode(recorded)
+                self._apply_followed(event)
+                if isinstance(event, ScaleSetCreated):
+                    created.append(event.spec.key)
+                elif isinstance(event, ScaleSetDeleted):
+                    deleted.append(event.key)
+                elif recorded.type in _CATALOG_TYPES:
+                    for worker in self._workers.values():
+                        worker.nudge()
+            await board.add(created)
+            await board.remove(deleted)
+
+    async def _lease_loop(self, participation: AbstractAsyncContextManager[None]) -> None:
+        """Renew and claim leases every ``renew_s``; start and stop workers to match."""
+        own = self.ownership
+        assert own is not None
+        sleep = own.sleep or asyncio.sleep
+        lost_at = None  # monotonic time after which unrenewed leases may be gone
+        async with participation:
+            while True:
+                try:
+                    holdings = await own.board.renew_and_claim(own.engine_id)
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry next round
+                    log.warning("lease renewal failed", error=repr(exc))
+                    if lost_at is not None and time.monotonic() > lost_at:
+                        await self._drop_all()  # others may own them by now
+                else:
+                    lost_at = time.monotonic() + own.board.ttl_s - own.renew_s
+                    await self._follow_holdings(holdings)
+                await sleep(own.renew_s)
+
+    async def _follow_holdings(self, holdings: Holdings) -> None:
+        """Start workers for new leases, stop those whose lease was lost, shed surplus."""
+        for key, worker in list(self._workers.items()):
+            if holdings.held.get(key) != worker.token:
+                log.warning("lease lost", scale_set=key, token=worker.token)
+                await self._drop(key)
+        for key, token in holdings.held.items():
+            if key not in self._tasks and key not in self._crashed:
+                self._spawn(key, token)
+        surplus = len(holdings.held) - holdings.share
+        if surplus > 0:
+            idle = [k for k, w in self._workers.items() if w.upgrade is None and w.loaded.is_set()]
+            shed = idle[:surplus]
+            for key in shed:
+                await self._drop(key)
+            assert self.ownership is not None
+            await self.ownership.board.release(self.ownership.engine_id, shed)
+            if shed:
+                log.info("leases released to other engines", count=len(shed))
+
+    async def _drop(self, key: str) -> None:
+        """Stop driving one scale set: stop its worker, let its appends finish."""
+        task = self._tasks.get(key)
+        worker = self._workers.pop(key, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if worker is not None:
+            await worker.durable()
+        self._notify(key)
+
+    async def _drop_all(self) -> None:
+        for key in list(self._workers):
+            await self._drop(key)
+
     async def stop(self) -> None:
-        """Stop every worker; raise ``WorkerCrashedError`` if any had crashed."""
+        """Stop every worker; raise ``WorkerCrashedError`` if any had crashed.
+
+        With ``ownership`` the leases are released afterwards, so other engines take
+        the scale sets over at their next lease step instead of after the TTL.
+        """
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.ownership is not None:
+            for worker in list(self._workers.values()):
+                await worker.durable()
+            if self.ownership.claim:
+                await self.ownership.board.leave(self.ownership.engine_id)
         if self._failures:
             raise WorkerCrashedError(
                 f"{len(self._failures)} worker(s) crashed"
             ) from self._failures[0]
 
-    def _spawn(self, key: str) -> ScaleSetWorker:
-        worker = ScaleSetWorker(self._ctx, key)
+    def _spawn(self, key: str, token: int | None = None) -> ScaleSetWorker:
+        self._crashed.pop(key, None)
+        worker = ScaleSetWorker(self._ctx, key, token)
         self._workers[key] = worker
         participation = self.clock.participant()  # counts now, before the task runs
         task = asyncio.create_task(worker.run(participation), name=f"worker:{key}")
@@ -165,7 +281,11 @@ class Engine:
 
     def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and isinstance(task.exception(), FencedError):
+            # another engine took the lease over while this one was slow: not a crash
+            log.warning("fenced off by a newer lease", scale_set=key, error=str(task.exception()))
+            self._workers.pop(key, None)
+        elif not task.cancelled() and task.exception() is not None:
             error = task.exception()
             assert error is not None
             self._failures.append(error)
@@ -270,6 +390,8 @@ class Engine:
         versions = dict.fromkeys(spec.instance_ids(), version)
         stream = scale_set_stream(spec.key)
         expected = await self.store.stream_version(stream)
+        if self.ownership is not None and expected and await self._exists_in_log(stream):
+            raise NotOwnedHereError(f"scale set {spec.key} is driven by another engine")
         event = ScaleSetCreated(spec, versions)
         new = DOMAIN_EVENTS.to_new_event(
             event,
@@ -278,8 +400,20 @@ class Engine:
         )
         await self.store.append(stream, [new], expected)
         await self.fleet.provision(spec, versions)
-        self._spawn(spec.key)
+        self._known.add(spec.key)
+        if self.ownership is None:
+            self._spawn(spec.key)
+        else:  # whichever engine claims it drives it (this one, maybe)
+            await self.ownership.board.add([spec.key])
         log.info("scale set created", scale_set=spec.key, capacity=spec.capacity, version=version)
+
+    async def _exists_in_log(self, stream: str) -> bool:
+        """Created and not deleted, by the log (another engine may have just created it)."""
+        exists = False
+        for recorded in await self.store.read_stream(stream):
+            if recorded.type in ("scaleset.created", "scaleset.deleted"):
+                exists = recorded.type == "scaleset.created"
+        return exists
 
     async def delete_scale_set(self, subscription: str, resource_group: str, name: str) -> None:
         """Delete a scale set (refused while an upgrade runs)."""
@@ -446,6 +580,8 @@ class Engine:
         create it again over its own history. It raises ``WorkerCrashedError``.
         """
         worker = self._workers.get(key)
+        if worker is None and self.ownership is not None and key in self._known:
+            raise NotOwnedHereError(f"scale set {key} is driven by another engine")
         if worker is None or worker.state.deleted:
             return None
         if key not in self._tasks:

@@ -28,6 +28,7 @@ from engine.domain.events import (
     InstanceRollbackFailed,
     InstanceRollbackStarted,
     InstanceRolledBack,
+    LeaseAcquired,
     ScaleSetUpgradeFinished,
     scale_set_stream,
     upgrade_stream,
@@ -44,7 +45,7 @@ from engine.domain.scale_set import (
 from engine.domain.upgrade import UpgradeState, decide
 from engine.fleet import Fleet
 from engine.slots import UpgradeSlots
-from events import EventStore, Metadata, RecordedEvent
+from events import EventStore, Fence, Metadata, RecordedEvent
 
 log = structlog.get_logger("osupgrade.worker")
 
@@ -68,14 +69,18 @@ class WorkerContext:
     settings: EngineSettings
     slots: UpgradeSlots
     on_change: Callable[[str], None] = field(default=lambda key: None)
+    engine_id: str | None = None  # set when engines share the log (leases)
 
 
 class ScaleSetWorker:
     """Drives one scale set: its automatic schedule, its upgrades, its commands."""
 
-    def __init__(self, ctx: WorkerContext, key: str) -> None:
+    def __init__(self, ctx: WorkerContext, key: str, token: int | None = None) -> None:
         self.ctx = ctx
         self.key = key
+        self.token = token  # the lease's fencing token, when engines share the log
+        self._fence = None if token is None else Fence(key, token)
+        self._signature = None if token is None else (ctx.engine_id or "", token)
         self.stream = scale_set_stream(key)
         self.state = ScaleSetState()
         self.upgrade: UpgradeState | None = None
@@ -118,7 +123,7 @@ class ScaleSetWorker:
         self,
         stream: str,
         events: Sequence[object],
-        expected: int,
+        expected: int | None,
         target: ScaleSetState | UpgradeState,
         actor: str,
     ) -> None:
@@ -131,10 +136,11 @@ class ScaleSetWorker:
         expected versions it computes ahead hold; if one did not, the worker stops.)
         """
         now = self.ctx.clock.now()
-        meta = Metadata(correlation_id=self.key, actor=actor)
+        meta = Metadata(correlation_id=self.key, actor=actor, fence=self._signature)
         stored = pack(events)
         new = [DOMAIN_EVENTS.to_new_event(e, metadata=meta, occurred_at=now) for e in stored]
-        future = asyncio.ensure_future(self.ctx.store.append(stream, new, expected))
+        append = self.ctx.store.append(stream, new, expected, fence=self._fence)
+        future = asyncio.ensure_future(append)
         future.add_done_callback(self._committed)
         self._inflight.append(future)
         self._durable.clear()
@@ -192,6 +198,19 @@ class ScaleSetWorker:
                     upgrade_stream(active.upgrade_id), [request], 0, self.upgrade, "Platform"
                 )
 
+    async def _take_over(self) -> None:
+        """With a lease: fence off every earlier owner before reading anything.
+
+        Once ``scaleset.lease_acquired`` with our token is committed, the store refuses
+        the older tokens, so the streams ``load`` reads next cannot grow behind our back.
+        """
+        if self.token is None or self.ctx.engine_id is None:
+            return
+        marker = LeaseAcquired(self.ctx.engine_id, self.token)
+        await self._append(self.stream, [marker], None, ScaleSetState(), "Platform")
+        await self.flush()
+        self._log.info("lease acquired", token=self.token)
+
     async def read_upgrade(self, upgrade_id: str) -> UpgradeState:
         """Fold one upgrade stream."""
         state = UpgradeState()
@@ -212,6 +231,7 @@ class ScaleSetWorker:
         """Work until the scale set is deleted (or the task is cancelled)."""
         async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
+            await self._take_over()
             await self.load()
             await self.flush()
             self.loaded.set()

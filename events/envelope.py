@@ -29,6 +29,8 @@ class Metadata:
     correlation_id: str | None = None
     causation_id: str | None = None
     actor: str | None = None
+    fence: tuple[str, int] | None = None
+    """(engine id, fencing token) of the engine that wrote the event, when engines share a log."""
 
     def to_dict(self) -> JSONObject:
         """Return the JSON form, leaving out unset fields to keep rows small."""
@@ -39,6 +41,8 @@ class Metadata:
             out["causation_id"] = self.causation_id
         if self.actor is not None:
             out["actor"] = self.actor
+        if self.fence is not None:
+            out["fence"] = {"engine": self.fence[0], "token": self.fence[1]}
         return out
 
     @classmethod
@@ -48,7 +52,16 @@ class Metadata:
             correlation_id=raw.get("correlation_id"),
             causation_id=raw.get("causation_id"),
             actor=raw.get("actor"),
+            fence=_fence(raw.get("fence")),
         )
+
+
+def _fence(raw: object) -> tuple[str, int] | None:
+    if isinstance(raw, dict) and isinstance(raw.get("engine"), str):
+        token = raw.get("token")
+        if isinstance(token, int):
+            return raw["engine"], token
+    return None
 
 
 NO_METADATA = Metadata()

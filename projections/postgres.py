@@ -71,6 +71,21 @@ class PostgresTables:
         conn = self._connection()
         s = self._s
         async with conn.transaction():
+            # Several servers may fold the same log into these tables. Rows at a
+            # position at or before the stored checkpoint are already written (by
+            # whoever got there first), and each writer's rows cover everything since
+            # its previous checkpoint, so only a writer that moves the checkpoint
+            # forward writes, one at a time (the row lock), and rows never go back.
+            await conn.execute(
+                f"INSERT INTO {s}.projection_checkpoints VALUES ($1, 0) ON CONFLICT DO NOTHING",
+                NAME,
+            )
+            stored = await conn.fetchval(
+                f"SELECT position FROM {s}.projection_checkpoints WHERE name = $1 FOR UPDATE",
+                NAME,
+            )
+            if stored >= checkpoint:
+                return
             if upgrades:
                 await conn.executemany(
                     f"INSERT INTO {s}.projection_upgrades VALUES ($1, $2, $3)"
@@ -90,8 +105,7 @@ class PostgresTables:
                     f"DELETE FROM {s}.projection_scale_sets WHERE key = ANY($1::text[])", gone
                 )
             await conn.execute(
-                f"INSERT INTO {s}.projection_checkpoints VALUES ($1, $2)"
-                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                f"UPDATE {s}.projection_checkpoints SET position = $2 WHERE name = $1",
                 NAME,
                 checkpoint,
             )

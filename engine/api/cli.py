@@ -10,6 +10,7 @@ from pathlib import Path
 from engine.api.auth import Token, generate_token, parse_token
 from engine.api.server import run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
+from engine.domain.scale_set import EngineSettings
 from engine.engine import WorkerCrashedError
 from engine.logging import configure_logging
 from events import EventStoreError
@@ -42,6 +43,31 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--seed", type=int, default=0, help="seed of the simulated fleet")
     serve.add_argument("--history-page-size", type=int, default=5)
     serve.add_argument("--fleet-journal", type=Path, help="keep simulated machines across restarts")
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="PostgreSQL, real clock: a dead server's scale sets move to others after this",
+    )
+    serve.add_argument(
+        "--lease-renew", type=float, default=5.0, metavar="SECONDS", help="lease renewal period"
+    )
+    serve.add_argument(
+        "--first-rollout-max-delay",
+        type=int,
+        default=3 * 3600,
+        metavar="MAX_S",
+        help="engine seconds: latest first automatic upgrade after enabling (default 3 h)",
+    )
+    serve.add_argument(
+        "--new-version-delay",
+        type=int,
+        nargs=2,
+        default=[30 * 60, 60 * 60],
+        metavar=("MIN_S", "MAX_S"),
+        help="engine seconds from a new image version to its automatic upgrade (default 30-60 min)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -50,7 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens = tuple(parse_token(t) for t in args.auth_token)
     except ValueError as exc:
         return _fail(str(exc))
-    problem = _check(args)
+    problem = _check(args) or _check_timing(args)
     if problem:
         return _fail(problem)
     generated: Token | None = None
@@ -62,7 +88,12 @@ def run_serve(args: argparse.Namespace) -> int:
         db=db, host=args.host, port=args.port, clock=args.clock, speed=args.speed,
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
-        pg_schema=args.pg_schema,
+        pg_schema=args.pg_schema, lease_ttl_s=args.lease_ttl, lease_renew_s=args.lease_renew,
+        engine=EngineSettings(
+            first_rollout_max_delay_s=args.first_rollout_max_delay,
+            new_version_min_delay_s=args.new_version_delay[0],
+            new_version_max_delay_s=args.new_version_delay[1],
+        ),
     )  # fmt: skip
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
 
@@ -95,6 +126,16 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--history-page-size must be at least 1"
     if not is_postgres_dsn(args.db) and Path(args.db).exists() and not Path(args.db).is_file():
         return f"{args.db} is not a file"
+    return None
+
+
+def _check_timing(args: argparse.Namespace) -> str | None:
+    if not 0 < 2 * args.lease_renew < args.lease_ttl:
+        return "--lease-renew must be > 0 and under half of --lease-ttl"
+    if args.first_rollout_max_delay < 0:
+        return "--first-rollout-max-delay must be >= 0"
+    if not 0 <= args.new_version_delay[0] <= args.new_version_delay[1]:
+        return "--new-version-delay needs 0 <= MIN_S <= MAX_S"
     return None
 
 

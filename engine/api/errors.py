@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.domain.validation import InvalidParameterError
-from engine.engine import ScaleSetNotFoundError
+from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 
 
 class ApiError(Exception):
@@ -70,5 +70,7 @@ def from_domain(exc: Exception) -> ApiError | None:
     if isinstance(exc, ScaleSetNotFoundError):
         return not_found(str(exc))
     if isinstance(exc, OperationNotAllowedError):
+        return ApiError(409, "OperationNotAllowed", str(exc))
+    if isinstance(exc, NotOwnedHereError):  # several servers share the log: ask its owner
         return ApiError(409, "OperationNotAllowed", str(exc))
     return None

@@ -9,8 +9,11 @@ scan of the log.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +26,8 @@ from engine.api.cache import RenderCache
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
+from engine.leases import Ownership
+from engine.pg_leases import PostgresLeaseBoard
 from engine.simulated_fleet import SimulatedFleet
 from events import EventStore, PostgresEventStore, SQLiteEventStore
 from projections.postgres import PostgresTables
@@ -49,6 +54,13 @@ class ServeSettings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     fleet_journal: Path | None = None
     pg_schema: str = "osupgrade"  # the PostgreSQL schema holding the log and projections
+    lease_ttl_s: float = 15.0  # engines sharing PostgreSQL: a dead one's sets move after this
+    lease_renew_s: float = 5.0
+
+    @property
+    def shared(self) -> bool:
+        """Several servers may drive this log: PostgreSQL on a real clock (leases)."""
+        return self.postgres and self.clock == "real"
 
     @property
     def postgres(self) -> bool:
@@ -107,11 +119,23 @@ class ApiService:
     @asynccontextmanager
     async def open(cls, settings: ServeSettings) -> AsyncIterator[ApiService]:
         """Start everything; on exit hand unfinished work back to the log and close."""
-        clock = _clock(settings)
-        store, tables = _log(settings, clock)
-        fleet = SimulatedFleet(clock, seed=settings.seed, journal=settings.fleet_journal)
-        async with store:
-            engine = Engine(store=store, fleet=fleet, clock=clock, settings=settings.engine)
+        async with AsyncExitStack() as stack:
+            ownership = None
+            clock = _clock(settings)
+            if settings.shared:
+                board = PostgresLeaseBoard(
+                    str(settings.db), schema=leases_schema(settings.pg_schema),
+                    ttl_s=settings.lease_ttl_s,
+                )  # fmt: skip
+                await stack.enter_async_context(board)
+                clock = await board.shared_clock(settings.speed, settings.start or _now())
+                ownership = Ownership(board, engine_id(), renew_s=settings.lease_renew_s)
+            store, tables = _log(settings, clock)
+            fleet = SimulatedFleet(clock, seed=settings.seed, journal=settings.fleet_journal)
+            await stack.enter_async_context(store)
+            engine = Engine(
+                store=store, fleet=fleet, clock=clock, settings=settings.engine, ownership=ownership
+            )
             runner = ProjectionRunner(store, tables)
             await engine.start()
             try:
@@ -146,6 +170,20 @@ def redacted(db: Path | str) -> str:
     credentials, at, host = rest.rpartition("@")
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}{':***' if ':' in credentials else ''}{at}{host}"
+
+
+def leases_schema(log_schema: str) -> str:
+    """The leases of a log's engines live beside it, in a schema of their own."""
+    return f"{log_schema}_engines"
+
+
+def engine_id() -> str:
+    """A readable id, unique per process: host, pid and a random tail."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _clock(settings: ServeSettings) -> EngineClock:

@@ -108,6 +108,20 @@ class ScaleSetDeleted:
     key: str
 
 
+@register("scaleset.lease_acquired")
+@dataclass(frozen=True)
+class LeaseAcquired:
+    """An engine took over driving the scale set with fencing token ``token``.
+
+    Appended with that token before the engine reads the set's streams: from its
+    commit on the store refuses every append with an older token, so whatever the
+    engine then reads is final and no earlier owner can add to it.
+    """
+
+    engine_id: str
+    token: int
+
+
 @register("scaleset.automatic_upgrade_scheduled")
 @dataclass(frozen=True)
 class AutomaticUpgradeScheduled:

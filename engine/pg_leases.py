@@ -1,0 +1,193 @@
+"""Leases of scale sets in PostgreSQL, for engines in different processes or machines.
+
+Every expiry is computed by the database's ``clock_timestamp()``, never by an engine:
+engines may run sped-up clocks, and real clocks drift. One transaction per step; claims
+use ``FOR UPDATE SKIP LOCKED`` so engines claiming at the same moment never wait on,
+or take, the same rows.
+
+The tables live in a schema of their own beside the log's (the log refuses tables it
+does not know in its schema): ``engines`` (heartbeats),
+``leases`` (owner, fencing token, expiry) and ``engine_clock`` (the time origin that
+engines with a sped-up clock share, so that every engine agrees on engine time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from engine.clock import RealClock
+from engine.leases import Holdings, fair_share
+from events import StoreUnavailableError
+from events.postgres import redact
+
+log = structlog.get_logger("osupgrade.leases")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {s}.engines (
+    engine_id    text PRIMARY KEY,
+    heartbeat_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.leases (
+    scale_set  text PRIMARY KEY,
+    owner      text,
+    token      bigint NOT NULL DEFAULT 0,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+CREATE TABLE IF NOT EXISTS {s}.engine_clock (
+    id            integer PRIMARY KEY CHECK (id = 1),
+    origin_wall   double precision NOT NULL,
+    origin_engine timestamptz NOT NULL,
+    speed         double precision NOT NULL
+);
+"""
+
+
+class PostgresLeaseBoard:
+    """``LeaseBoard`` on a PostgreSQL schema (created if missing)."""
+
+    def __init__(self, dsn: str, *, schema: str = "osupgrade_engines", ttl_s: float = 15.0) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.ttl_s = ttl_s
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> PostgresLeaseBoard:
+        """Connect and create the tables if they are missing."""
+        try:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2, timeout=10)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL at {redact(self.dsn)}: {exc or type(exc).__name__}"
+            ) from exc
+        async with self._pool.acquire() as conn:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            async with conn.transaction():
+                # one creator at a time: CREATE TABLE IF NOT EXISTS races otherwise
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.schema)
+                await conn.execute(_SCHEMA.format(s=f'"{self.schema}"'))
+        return self
+
+    async def close(self) -> None:
+        """Close the connections."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def __aenter__(self) -> PostgresLeaseBoard:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _t(self, table: str) -> str:
+        return f'"{self.schema}".{table}'
+
+    def _conn(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the lease board is not open")
+        return self._pool
+
+    async def add(self, keys: Collection[str]) -> None:
+        """Make sure a lease exists for each key (new ones start free)."""
+        if keys:
+            await self._conn().execute(
+                f"INSERT INTO {self._t('leases')} (scale_set) SELECT unnest($1::text[]) "
+                "ON CONFLICT DO NOTHING",
+                list(keys),
+            )
+
+    async def remove(self, keys: Collection[str]) -> None:
+        """Forget the leases of deleted scale sets."""
+        if keys:
+            await self._conn().execute(
+                f"DELETE FROM {self._t('leases')} WHERE scale_set = ANY($1::text[])", list(keys)
+            )
+
+    async def renew_and_claim(self, engine_id: str) -> Holdings:
+        """Heartbeat, renew, then claim free or expired leases up to the fair share."""
+        ttl = self.ttl_s
+        leases, engines = self._t("leases"), self._t("engines")
+        async with self._conn().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {engines} VALUES ($1, clock_timestamp()) ON CONFLICT (engine_id) "
+                "DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                engine_id,
+            )
+            renewed = await conn.fetch(
+                f"UPDATE {leases} SET expires_at = clock_timestamp() + $2 * interval '1 second' "
+                "WHERE owner = $1 AND expires_at > clock_timestamp() RETURNING scale_set, token",
+                engine_id, ttl,
+            )  # fmt: skip
+            counts = await conn.fetchrow(
+                f"SELECT (SELECT count(*) FROM {leases}), (SELECT count(*) FROM {engines} "
+                "WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 second')",
+                ttl,
+            )
+            assert counts is not None
+            share = fair_share(counts[0], counts[1])
+            claimed = []
+            if share > len(renewed):
+                claimed = await conn.fetch(
+                    f"UPDATE {leases} l SET owner = $1, token = l.token + 1, "
+                    "expires_at = clock_timestamp() + $2 * interval '1 second' "
+                    f"WHERE l.scale_set IN (SELECT scale_set FROM {leases} "
+                    "WHERE owner IS NULL OR expires_at <= clock_timestamp() "
+                    "ORDER BY scale_set LIMIT $3 FOR UPDATE SKIP LOCKED) "
+                    "RETURNING scale_set, token",
+                    engine_id, ttl, share - len(renewed),
+                )  # fmt: skip
+        held = {r["scale_set"]: r["token"] for r in [*renewed, *claimed]}
+        return Holdings(held, share)
+
+    async def release(self, engine_id: str, keys: Collection[str]) -> None:
+        """Give up leases still held by ``engine_id``."""
+        if keys:
+            await self._conn().execute(
+                f"UPDATE {self._t('leases')} SET owner = NULL, expires_at = '-infinity' "
+                "WHERE owner = $1 AND scale_set = ANY($2::text[])",
+                engine_id, list(keys),
+            )  # fmt: skip
+
+    async def leave(self, engine_id: str) -> None:
+        """Release everything held and drop the heartbeat."""
+        async with self._conn().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"UPDATE {self._t('leases')} SET owner = NULL, expires_at = '-infinity' "
+                "WHERE owner = $1",
+                engine_id,
+            )
+            await conn.execute(f"DELETE FROM {self._t('engines')} WHERE engine_id = $1", engine_id)
+
+    async def owners(self) -> dict[str, str | None]:
+        """Every lease's current owner (None when free or expired)."""
+        rows = await self._conn().fetch(
+            f"SELECT scale_set, CASE WHEN expires_at > clock_timestamp() THEN owner END AS owner "
+            f"FROM {self._t('leases')}"
+        )
+        return {r["scale_set"]: r["owner"] for r in rows}
+
+    async def shared_clock(self, speed: float, start: datetime) -> RealClock:
+        """The engines' common clock: the first engine's origin, kept by every later one.
+
+        With a sped-up clock, engine time depends on where each process started
+        counting; engines that take over each other's scale sets must agree on it.
+        """
+        async with self._conn().acquire() as conn:
+            row = await conn.fetchrow(
+                f"INSERT INTO {self._t('engine_clock')} VALUES (1, $1, $2, $3) "
+                "ON CONFLICT (id) DO UPDATE SET id = 1 "
+                "RETURNING origin_wall, origin_engine, speed",
+                time.time(), start, speed,
+            )  # fmt: skip
+        assert row is not None
+        if row["speed"] != speed:
+            raise ValueError(
+                f"the engines of this database run at --speed {row['speed']:g}; "
+                f"all engines sharing it must use the same speed (got {speed:g})"
+            )
+        return RealClock(speed=speed, start=row["origin_engine"], origin_wall=row["origin_wall"])
