@@ -363,6 +363,7 @@ class SQLiteEventStore:
             self._head, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
             next_key = await _scalar(conn, "SELECT coalesce(max(stream_key), 0) + 1 FROM streams")
             self._next_key = int(next_key)
+            self._versions.clear()  # the other writer may have moved any cached stream
 
     async def _load_versions(
         self, conn: aiosqlite.Connection, names: set[str]

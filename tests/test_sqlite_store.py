@@ -59,6 +59,19 @@ async def test_two_store_instances_on_one_file_stay_consistent(tmp_path: Path) -
     assert report.ok
 
 
+async def test_a_right_expected_version_is_accepted_after_another_instance_appended(
+    tmp_path: Path,
+) -> None:
+    # The careful path used to plan from the cached version (1) although it had just seen
+    # that another writer moved the log: a correct expected_version of 2 was refused.
+    path = tmp_path / "events.sqlite"
+    async with SQLiteEventStore(path) as first, SQLiteEventStore(path) as second:
+        await first.append("s", [ev(1)], 0)
+        await second.append("s", [ev(2)], 1)
+        assert await first.append("s", [ev(3)], 2) == [3]
+        assert [e.stream_version for e in await first.read_stream("s")] == [1, 2, 3]
+
+
 async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("just some text, not a database at all\n" * 100)
