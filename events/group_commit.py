@@ -17,6 +17,7 @@ from events.append_rules import StoredId, check_expected, retry_positions
 from events.encoding import EncodedEvent, check_expected_version, check_stream_name, encode_batch
 from events.envelope import NewEvent
 from events.errors import EventStoreError
+from events.fencing import Fence, check_fence, fence_refusal, record
 from events.hashing import event_hash
 
 Row = tuple[int, int, int, bytes, str, int, int, int, bytes, bytes, bytes]
@@ -32,6 +33,7 @@ class Append:
     batch: list[EncodedEvent]
     expected: int | None
     future: asyncio.Future[list[int]]
+    fence: Fence | None = None
 
 
 @dataclass(slots=True)
@@ -40,6 +42,10 @@ class GroupPlan:
 
     ``versions`` maps each stream name to ``(stream_key, version)``; key 0 means the
     stream is not stored yet and gets ``next_key`` when it is first written.
+    ``fences`` holds the recorded token of every scope the group's fences name (0 if
+    none), as read when planning; ``plan_group`` raises them as it accepts appends, so a
+    later append of the group sees an earlier one's raise. ``fence_writes`` then says
+    what the transaction must record.
     """
 
     head: int
@@ -49,6 +55,17 @@ class GroupPlan:
     rows: list[Row] = field(default_factory=list)
     new_streams: list[tuple[int, str]] = field(default_factory=list)
     results: dict[int, list[int] | BaseException] = field(default_factory=dict)
+    fences: dict[str, int] = field(default_factory=dict)
+    fences_read: dict[str, int] = field(default_factory=dict)
+    fenced_scopes: set[str] = field(default_factory=set)
+
+    def fence_writes(self) -> list[tuple[str, int, int]]:
+        """``(scope, token read, token after)`` for each scope of an accepted fenced append.
+
+        The read token lets a backend check, in the writing transaction, that the
+        fence it planned from is still the recorded one.
+        """
+        return [(s, self.fences_read.get(s, 0), self.fences[s]) for s in sorted(self.fenced_scopes)]
 
 
 class AppendQueue:
@@ -65,14 +82,19 @@ class AppendQueue:
         self._wakeup = asyncio.Event()
 
     async def put(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        fence: Fence | None = None,
     ) -> list[int]:
         """Queue one append; return its positions once its group has committed."""
         check_stream_name(stream_id)
         expected = check_expected_version(expected_version)
+        fence = check_fence(fence)
         batch = encode_batch(events)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._pending.append(Append(stream_id, batch, expected, future))
+        self._pending.append(Append(stream_id, batch, expected, future, fence))
         self._wakeup.set()
         return await future
 
@@ -142,6 +164,28 @@ def conflicts(group: list[Append], versions: dict[str, tuple[int, int]]) -> bool
     return False
 
 
+def fence_scopes(group: list[Append]) -> set[str]:
+    """The scopes the group's fences name (empty for an unfenced group: nothing to read)."""
+    return {item.fence.scope for item in group if item.fence is not None}
+
+
+def fenced_out(group: list[Append], fences: dict[str, int]) -> bool:
+    """True if an append's token is below the recorded one or one raised before it.
+
+    Walks the group in order, as ``conflicts`` does. A refusal sends the group to the
+    careful path: the append may be a retry of one committed while its token was
+    current, and only looked-up ids can tell.
+    """
+    if not fences:
+        return False
+    current = dict(fences)
+    for item in group:
+        if fence_refusal(item.fence, current) is not None:
+            return True
+        record(item.fence, current)
+    return False
+
+
 def plan_group(
     plan: GroupPlan, group: list[Append], found: dict[bytes, StoredId], recorded: int
 ) -> GroupPlan:
@@ -149,8 +193,10 @@ def plan_group(
 
     ``found`` holds the already stored ids of the group (looked up only on the careful
     path); an append whose ids are all stored, as the same append, is a retry and gets
-    its original positions.
+    its original positions. Then the fence is checked (against ``plan.fences``, raised
+    by the appends accepted before), then the expected version.
     """
+    plan.fences_read = dict(plan.fences)
     for index, item in enumerate(group):
         try:
             if found:
@@ -159,6 +205,9 @@ def plan_group(
                 if original is not None:
                     plan.results[index] = original
                     continue
+            refusal = fence_refusal(item.fence, plan.fences)
+            if refusal is not None:
+                raise refusal
             key, version = plan.versions[item.stream_id]
             if item.expected is not None and item.expected != version:
                 check_expected(item.stream_id, item.expected, version)
@@ -166,6 +215,9 @@ def plan_group(
             plan.results[index] = exc
             continue
         plan.results[index] = _add_rows(plan, item, key, version, recorded)
+        if item.fence is not None:
+            record(item.fence, plan.fences)
+            plan.fenced_scopes.add(item.fence.scope)
     return plan
 
 

@@ -53,12 +53,14 @@ from events.errors import (
     StoreClosedError,
     StoreUnavailableError,
 )
-from events.fencing import Fence
+from events.fencing import Fence, check_scope
 from events.group_commit import (
     Append,
     AppendQueue,
     GroupPlan,
     conflicts,
+    fence_scopes,
+    fenced_out,
     plan_group,
     settle,
 )
@@ -70,7 +72,7 @@ from events.subscription import Subscription
 from events.verify import ChainVerifier, VerifyReport
 
 APPLICATION = "osupgrade-event-log"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: fences, and append_group() checks and records them
 LOCK_CLASS = 0x4F535550  # "OSUP": first key of every advisory lock we take
 MAX_GROUP_EVENTS = 5000
 DEFAULT_SCHEMA = "osupgrade"
@@ -79,7 +81,9 @@ _FAR = 2**62
 
 log = structlog.get_logger("osupgrade.events.postgres")
 
-_APPEND_GROUP = """
+# Schema v1's function, kept as it was so that migration 1 never changes.
+_APPEND_GROUP_V1 = """
+
 CREATE FUNCTION {s}.append_group(
     lock_class integer, lock_key integer, channel text, expected_tail bigint,
     expected_hash bytea, new_keys bigint[], new_names text[],
@@ -117,6 +121,60 @@ END
 $body$
 """
 
+_APPEND_GROUP = """
+CREATE FUNCTION {s}.append_group(
+    lock_class integer, lock_key integer, channel text, expected_tail bigint,
+    expected_hash bytea, new_keys bigint[], new_names text[],
+    positions bigint[], stream_keys bigint[], versions bigint[], ids bytea[], types text[],
+    schema_versions integer[], occurred bigint[], recorded bigint[], datas bytea[],
+    metas bytea[], hashes bytea[], fence_scopes text[], fence_read bigint[], fence_new bigint[]
+) RETURNS bigint LANGUAGE plpgsql AS $body$
+-- One group of appends in one statement (one round trip, one implicit transaction).
+-- Writes only if the log still ends at expected_tail with expected_hash, where the
+-- client's plan (positions and hash chain) starts, and every fence the plan checked
+-- (fence_scopes) still holds the token the client planned from (fence_read); records
+-- fence_new for them. Returns the tail position it found, -1 if only the hash differs,
+-- -2 if only a fence differs. The lock is held until the statement's transaction
+-- commits, so positions commit in order.
+DECLARE
+    tail bigint;
+    tail_hash bytea;
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+    -- A volatile function takes a new snapshot per statement (READ COMMITTED), so
+    -- this sees every append committed before the lock was granted.
+    SELECT position, hash INTO tail, tail_hash FROM {s}.events
+        ORDER BY position DESC LIMIT 1;
+    tail := coalesce(tail, 0);
+    IF tail <> expected_tail THEN
+        RETURN tail;
+    END IF;
+    IF tail > 0 AND tail_hash IS DISTINCT FROM expected_hash THEN
+        RETURN -1;
+    END IF;
+    IF cardinality(fence_scopes) > 0 THEN
+        -- Fences change only with appends, which move the tail checked above; this
+        -- also catches a fence changed any other way. Checked before any insert: a
+        -- RETURN commits what was written.
+        IF EXISTS (SELECT 1 FROM unnest(fence_scopes, fence_read) AS f(scope, token)
+                   LEFT JOIN {s}.fences r ON r.scope = f.scope
+                   WHERE coalesce(r.token, 0) <> f.token) THEN
+            RETURN -2;
+        END IF;
+        INSERT INTO {s}.fences
+            SELECT f.scope, f.token FROM unnest(fence_scopes, fence_read, fence_new)
+                AS f(scope, seen, token) WHERE f.token > f.seen
+            ON CONFLICT (scope) DO UPDATE SET token = excluded.token;
+    END IF;
+    INSERT INTO {s}.streams SELECT * FROM unnest(new_keys, new_names);
+    INSERT INTO {s}.events SELECT * FROM unnest(positions, stream_keys, versions, ids,
+        types, schema_versions, occurred, recorded, datas, metas, hashes);
+    PERFORM pg_notify(channel, positions[array_length(positions, 1)]::text);
+    RETURN tail;
+END
+$body$
+"""
+
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # version -> statements that bring the schema from version - 1 to version
     1: (
@@ -140,9 +198,19 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE UNIQUE INDEX events_by_stream ON {s}.events (stream_key, stream_version)",
         "CREATE UNIQUE INDEX events_by_id ON {s}.events (event_id)",
-        _APPEND_GROUP,
+        _APPEND_GROUP_V1,
         f"INSERT INTO {{s}}.osupgrade_meta VALUES ('application', '{APPLICATION}'),"
         " ('schema_version', '0')",
+    ),
+    2: (
+        """CREATE TABLE {s}.fences (
+            scope text PRIMARY KEY,
+            token bigint NOT NULL
+        )""",
+        "DROP FUNCTION {s}.append_group(integer, integer, text, bigint, bytea, bigint[],"
+        " text[], bigint[], bigint[], bigint[], bytea[], text[], integer[], bigint[], bigint[],"
+        " bytea[], bytea[], bytea[])",
+        _APPEND_GROUP,
     ),
 }
 
@@ -164,7 +232,15 @@ class _Sql:
             f"SELECT {s}.append_group({LOCK_CLASS}, {lock_key}, '{self.channel}', $1, $2,"
             " $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],"
             " $8::bytea[], $9::text[], $10::integer[], $11::bigint[], $12::bigint[],"
-            " $13::bytea[], $14::bytea[], $15::bytea[])"
+            " $13::bytea[], $14::bytea[], $15::bytea[], $16::text[], $17::bigint[],"
+            " $18::bigint[])"
+        )
+        self.fences = f"SELECT scope, token FROM {s}.fences WHERE scope = ANY($1::text[])"
+        self.fence_token = f"SELECT token FROM {s}.fences WHERE scope = $1"
+        self.write_fences = (  # under the lock, from tokens read under it
+            f"INSERT INTO {s}.fences SELECT * FROM unnest($1::text[], $2::bigint[])"
+            f" ON CONFLICT (scope) DO UPDATE SET token = greatest({s}.fences.token,"
+            " excluded.token)"
         )
         self.versions = (
             f"SELECT s.name, s.stream_key, (SELECT coalesce(max(e.stream_version), 0)"
@@ -268,6 +344,7 @@ class PostgresEventStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._watch = HeadWatch()
         self._versions: dict[str, tuple[int, int]] = {}  # name -> (stream_key, version)
+        self._fences: dict[str, int] = {}  # scope -> recorded token, as of our last commit
         self._head = 0
         self._last_hash = GENESIS_HASH
         self._next_key = 1
@@ -461,13 +538,14 @@ class PostgresEventStore:
     ) -> list[int]:
         """See ``EventStore.append``; returns after the group's ``COMMIT``."""
         self._check_open()
-        if fence is not None:
-            raise NotImplementedError("fencing is not built for PostgreSQL yet")
-        return await self._queue.put(stream_id, events, expected_version)
+        return await self._queue.put(stream_id, events, expected_version, fence)
 
     async def fence_token(self, scope: str) -> int:
-        """See ``EventStore.fence_token``."""
-        raise NotImplementedError("fencing is not built for PostgreSQL yet")
+        """See ``EventStore.fence_token`` (read from the database: sees every engine's raises)."""
+        check_scope(scope)
+        async with self._reader() as conn:
+            token = await conn.fetchval(self._sql.fence_token, scope)
+        return int(token or 0)
 
     async def _run_writer(self) -> None:
         await self._queue.run_writer(
@@ -509,6 +587,7 @@ class PostgresEventStore:
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the callers
             await self._rollback()
             self._versions.clear()  # the cache may reflect a transaction that did not commit
+            self._fences.clear()
             if retry and self._writer_lost():
                 self._log.warning("writer connection lost; retrying the group", error=repr(exc))
                 await self._commit_group(group, careful=True, retry=False)
@@ -529,18 +608,28 @@ class PostgresEventStore:
     async def _fast_commit(self, conn: asyncpg.Connection, group: list[Append]) -> GroupPlan | None:
         """Plan from the caches and commit in one statement; ``None`` if that cannot work.
 
-        Versions missing from the cache are read without the lock: if anyone appends
-        after that read, the log's tail moves and ``append_group`` refuses the plan.
+        Versions and fences missing from the cache are read without the lock: if anyone
+        appends after that read, the log's tail moves and ``append_group`` refuses the
+        plan. Fences change only with appends, so cached ones are exact whenever the
+        tail is; ``append_group`` checks them anyway, under the lock, before writing.
         """
         versions = await self._load_versions(conn, {item.stream_id for item in group})
-        if conflicts(group, versions):
-            return None  # a real conflict or a retry: only the careful path can tell
-        plan = self._plan(group, versions, {})
+        fences = await self._load_fences(conn, fence_scopes(group), fresh=False)
+        if conflicts(group, versions) or fenced_out(group, fences):
+            return None  # real, a retry or a stale cache: only the careful path can tell
+        plan = self._plan(group, versions, fences, {})
         keys, names = zip(*plan.new_streams, strict=True) if plan.new_streams else ((), ())
         columns = [list(column) for column in zip(*plan.rows, strict=True)]
+        writes = plan.fence_writes()
+        scopes, read, new = (list(c) for c in zip(*writes, strict=True)) if writes else ([], [], [])
         tail = await conn.fetchval(
-            self._sql.append_group, self._head, self._last_hash, list(keys), list(names), *columns
-        )
+            self._sql.append_group, self._head, self._last_hash, list(keys), list(names),
+            *columns, scopes, read, new,
+        )  # fmt: skip
+        if tail == -2:
+            self._log.warning("fences changed without an append; planning under the lock")
+            self._fences.clear()
+            return None
         if tail != self._head:
             self._log.debug("log advanced by another writer", ours=self._head, found=tail)
             return None
@@ -553,17 +642,20 @@ class PostgresEventStore:
         await conn.execute(self._sql.begin_locked)
         await self._sync_tail(conn)
         versions = await self._load_versions(conn, {item.stream_id for item in group})
-        careful = careful or conflicts(group, versions)  # a conflict may be a retry
+        fences = await self._load_fences(conn, fence_scopes(group), fresh=True)
+        # a conflict or a refusal may be a retry
+        careful = careful or conflicts(group, versions) or fenced_out(group, fences)
         found = await self._lookup_ids(conn, group) if careful else {}
-        return self._plan(group, versions, found)
+        return self._plan(group, versions, fences, found)
 
     def _plan(
         self,
         group: list[Append],
         versions: dict[str, tuple[int, int]],
+        fences: dict[str, int],
         found: dict[bytes, StoredId],
     ) -> GroupPlan:
-        start = GroupPlan(self._head, self._last_hash, self._next_key, versions)
+        start = GroupPlan(self._head, self._last_hash, self._next_key, versions, fences=fences)
         return plan_group(start, group, found, to_micros(self._clock.now()))
 
     async def _writer_connection(self) -> asyncpg.Connection:
@@ -585,6 +677,10 @@ class PostgresEventStore:
             await conn.execute(
                 self._sql.insert_events, *(list(c) for c in zip(*plan.rows, strict=True))
             )
+        raised = [(scope, new) for scope, read, new in plan.fence_writes() if new > read]
+        if raised:
+            scopes, tokens = zip(*raised, strict=True)
+            await conn.execute(self._sql.write_fences, list(scopes), list(tokens))
 
     async def _sync_tail(self, conn: asyncpg.Connection) -> None:
         """Notice appends made by another process since our last commit (under the lock)."""
@@ -595,6 +691,7 @@ class PostgresEventStore:
             self._head, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
             self._next_key = int(await conn.fetchval(self._sql.next_key))
             self._versions.clear()
+            self._fences.clear()
 
     async def _load_versions(
         self, conn: asyncpg.Connection, names: set[str]
@@ -614,6 +711,21 @@ class PostgresEventStore:
                 versions.setdefault(name, (0, 0))  # key 0: not stored yet
         return versions
 
+    async def _load_fences(
+        self, conn: asyncpg.Connection, scopes: set[str], *, fresh: bool
+    ) -> dict[str, int]:
+        """The recorded token of each scope (0 if none): from the cache unless ``fresh``
+        (the locked path reads them all under the lock)."""
+        if not scopes:
+            return {}
+        fences = {} if fresh else {s: self._fences[s] for s in scopes if s in self._fences}
+        missing = [s for s in scopes if s not in fences]
+        if missing:
+            fences.update((r[0], r[1]) for r in await conn.fetch(self._sql.fences, missing))
+            for scope in missing:
+                fences.setdefault(scope, 0)
+        return fences
+
     async def _lookup_ids(
         self, conn: asyncpg.Connection, items: list[Append]
     ) -> dict[bytes, StoredId]:
@@ -627,6 +739,9 @@ class PostgresEventStore:
         for name, (key, version) in plan.versions.items():
             if key != 0:
                 self._versions[name] = (key, version)
+        if len(self._fences) > 200_000:
+            self._fences.clear()
+        self._fences.update(plan.fences)  # read under this commit's lock or checked by it
         self._head, self._last_hash, self._next_key = plan.head, plan.last_hash, plan.next_key
         self._watch.advance(plan.head)
 

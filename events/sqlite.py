@@ -43,12 +43,14 @@ from events.errors import (
     NotAnEventStoreError,
     StoreClosedError,
 )
-from events.fencing import Fence
+from events.fencing import Fence, check_scope
 from events.group_commit import (
     Append,
     AppendQueue,
     GroupPlan,
     conflicts,
+    fence_scopes,
+    fenced_out,
     plan_group,
     settle,
 )
@@ -60,12 +62,17 @@ from events.subscription import Subscription
 from events.verify import ChainVerifier, VerifyReport
 
 APPLICATION_ID = 0x4F535550  # "OSUP": marks a database file as an osupgrade event log
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: the fences table
 MAX_GROUP_EVENTS = 5000
 _PARAMS_PER_QUERY = 500  # stays far below SQLite's bound-parameter limit
 _STREAM_CACHE_LIMIT = 200_000
 
 Durability = Literal["full", "normal"]
+
+_CREATE_FENCES = """CREATE TABLE fences (
+        scope TEXT PRIMARY KEY,
+        token INTEGER NOT NULL
+    ) WITHOUT ROWID"""
 
 _SCHEMA = (
     """CREATE TABLE streams (
@@ -87,8 +94,24 @@ _SCHEMA = (
     )""",
     "CREATE UNIQUE INDEX events_by_stream ON events (stream_key, stream_version)",
     "CREATE UNIQUE INDEX events_by_id ON events (event_id)",
+    _CREATE_FENCES,
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # version -> statements that bring a log from version - 1 to version
+    2: (_CREATE_FENCES,),
+}
+
+# Records a fence only if the scope still holds the token the plan was made from (the
+# fast path's cache may be stale): executemany's rowcount then falls short, and the
+# group is redone under the lock. Scopes of accepted appends only, so never on the
+# unfenced path.
+_WRITE_FENCE = (
+    "INSERT INTO fences (scope, token) SELECT ?1, ?3"
+    " WHERE coalesce((SELECT token FROM fences WHERE scope = ?1), 0) = ?2"
+    " ON CONFLICT (scope) DO UPDATE SET token = excluded.token"
 )
 
 _SELECT = (  # stream names are resolved from a cache: a join costs more per row
@@ -134,6 +157,7 @@ class SQLiteEventStore:
         self._writer_task: asyncio.Task[None] | None = None
         self._watch = HeadWatch()
         self._versions: dict[str, tuple[int, int]] = {}  # name -> (stream_key, version)
+        self._fences: dict[str, int] = {}  # scope -> recorded token, as of our last commit
         self._names: dict[int, str] = {}  # stream_key -> name, for decoding reads
         self._head = 0
         self._last_hash = GENESIS_HASH
@@ -210,13 +234,31 @@ class SQLiteEventStore:
             raise NotAnEventStoreError(
                 f"{self.path} is an SQLite database but not an osupgrade event log"
             )
-        if version != SCHEMA_VERSION:
+        if not 1 <= version <= SCHEMA_VERSION:
             raise CorruptStoreError(
                 f"{self.path} has event log schema v{version}; this code reads v{SCHEMA_VERSION}"
             )
         mode = await _scalar(conn, "PRAGMA journal_mode = WAL")
         if mode != "wal":
             raise CorruptStoreError(f"{self.path}: cannot switch to WAL (got {mode})")
+        if version < SCHEMA_VERSION:
+            await self._migrate(conn)
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        """Bring an older log to ``SCHEMA_VERSION`` in one transaction; the version is read
+        again under the write lock, so two processes opening it together migrate once."""
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(await _scalar(conn, "PRAGMA user_version"))
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {target}")
+                self._log.info("event store schema migrated", schema_version=target)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self._rollback(conn)
+            raise
 
     async def _load_tail(self, conn: aiosqlite.Connection) -> None:
         try:
@@ -269,13 +311,14 @@ class SQLiteEventStore:
     ) -> list[int]:
         """See ``EventStore.append``; returns after the group's ``COMMIT``."""
         self._check_open()
-        if fence is not None:
-            raise NotImplementedError("fencing is not built for SQLite yet")
-        return await self._queue.put(stream_id, events, expected_version)
+        return await self._queue.put(stream_id, events, expected_version, fence)
 
     async def fence_token(self, scope: str) -> int:
-        """See ``EventStore.fence_token``."""
-        raise NotImplementedError("fencing is not built for SQLite yet")
+        """See ``EventStore.fence_token`` (read from the file: sees other processes' raises)."""
+        check_scope(scope)
+        async with self._reader() as conn:
+            token = await _scalar(conn, "SELECT token FROM fences WHERE scope = ?", (scope,))
+        return int(token or 0)
 
     async def _run_writer(self) -> None:
         await self._queue.run_writer(
@@ -296,10 +339,12 @@ class SQLiteEventStore:
 
         The fast path costs two round trips to the database thread: ``executemany``
         (which opens the ``BEGIN IMMEDIATE`` transaction implicitly) and ``COMMIT``.
-        It trusts the cached stream versions and our own head; if another process
-        wrote in between, our positions collide with its rows, the insert fails and
-        the group is redone carefully: under the write lock, with the tail re-read
-        and every event id looked up.
+        It trusts the cached stream versions, fences and our own head; if another
+        process wrote in between, our positions collide with its rows, the insert fails
+        and the group is redone carefully: under the write lock, with the tail re-read,
+        the fences read and every event id looked up. Fences change only with appends,
+        so a fast path that commits had exact ones; a fenced group also checks them in
+        the transaction (``_WRITE_FENCE``) rather than rely on that alone.
         """
         assert self._writer is not None
         conn = self._writer
@@ -308,22 +353,25 @@ class SQLiteEventStore:
                 await conn.execute("BEGIN IMMEDIATE")
                 await self._sync_tail(conn)
             versions = await self._load_versions(conn, {item.stream_id for item in group})
-            if not careful and conflicts(group, versions):
-                # A conflict may be real, may be a retry, or may come from a stale
-                # cache: only the careful path can tell them apart.
+            fences = await self._load_fences(conn, fence_scopes(group), fresh=careful)
+            if not careful and (conflicts(group, versions) or fenced_out(group, fences)):
+                # A conflict or a refusal may be real, may be a retry, or may come from
+                # a stale cache: only the careful path can tell them apart.
                 await self._commit_group(group, careful=True)
                 return
             found = await self._lookup_ids(conn, group) if careful else {}
-            plan = self._plan(group, versions, found)
-            if plan.new_streams:
-                await conn.executemany("INSERT INTO streams VALUES (?, ?)", plan.new_streams)
-            if plan.rows:
-                await conn.executemany(_INSERT_EVENT, plan.rows)
+            plan = self._plan(group, versions, fences, found)
+            await self._write(conn, plan)
             if conn.in_transaction:
                 await conn.commit()
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the callers
             await self._rollback(conn)
             self._versions.clear()  # the cache may reflect a transaction that did not commit
+            self._fences.clear()
+            if isinstance(exc, _FencesMovedError) and not careful:
+                self._log.warning("fences changed without an append; redoing the group")
+                await self._commit_group(group, careful=True)
+                return
             if isinstance(exc, sqlite3.IntegrityError) and (len(group) > 1 or not careful):
                 # A reused event id or another process's commit: settle each append
                 # alone and carefully, so one bad append cannot fail the others.
@@ -339,15 +387,32 @@ class SQLiteEventStore:
         for index, item in enumerate(group):
             settle(item.future, plan.results[index])
 
+    async def _write(self, conn: aiosqlite.Connection, plan: GroupPlan) -> None:
+        """Insert the plan's streams and events and record its fences (one transaction)."""
+        if plan.new_streams:
+            await conn.executemany("INSERT INTO streams VALUES (?, ?)", plan.new_streams)
+        if plan.rows:
+            await conn.executemany(_INSERT_EVENT, plan.rows)
+        if plan.fenced_scopes:
+            writes = plan.fence_writes()
+            cursor = await conn.executemany(_WRITE_FENCE, writes)
+            if cursor.rowcount != len(writes):
+                raise _FencesMovedError
+
     def _plan(
         self,
         group: list[Append],
         versions: dict[str, tuple[int, int]],
+        fences: dict[str, int],
         found: dict[bytes, StoredId],
     ) -> GroupPlan:
         """Decide, without I/O, what each append of the group gets: rows or an error."""
         plan = GroupPlan(
-            head=self._head, last_hash=self._last_hash, next_key=self._next_key, versions=versions
+            head=self._head,
+            last_hash=self._last_hash,
+            next_key=self._next_key,
+            versions=versions,
+            fences=fences,
         )
         return plan_group(plan, group, found, to_micros(self._clock.now()))
 
@@ -363,6 +428,8 @@ class SQLiteEventStore:
             self._head, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
             next_key = await _scalar(conn, "SELECT coalesce(max(stream_key), 0) + 1 FROM streams")
             self._next_key = int(next_key)
+            self._versions.clear()  # the other writer may have moved any cached stream
+            self._fences.clear()  # ... or raised a fence
 
     async def _load_versions(
         self, conn: aiosqlite.Connection, names: set[str]
@@ -389,6 +456,28 @@ class SQLiteEventStore:
             versions.setdefault(name, (0, 0))  # key 0: not stored yet
         return versions
 
+    async def _load_fences(
+        self, conn: aiosqlite.Connection, scopes: set[str], *, fresh: bool
+    ) -> dict[str, int]:
+        """The recorded token of each scope (0 if none): from the cache unless ``fresh``.
+
+        The careful path reads them all under the write lock; the fast path's cached
+        values are checked again by ``_WRITE_FENCE`` in the writing transaction.
+        """
+        if not scopes:
+            return {}
+        fences = {} if fresh else {s: self._fences[s] for s in scopes if s in self._fences}
+        missing = [s for s in scopes if s not in fences]
+        for chunk in _chunks(missing, _PARAMS_PER_QUERY):
+            marks = ",".join("?" * len(chunk))
+            rows = await conn.execute_fetchall(
+                f"SELECT scope, token FROM fences WHERE scope IN ({marks})", chunk
+            )
+            fences.update((scope, token) for scope, token in rows)
+        for scope in missing:
+            fences.setdefault(scope, 0)
+        return fences
+
     async def _lookup_ids(
         self, conn: aiosqlite.Connection, items: list[Append]
     ) -> dict[bytes, StoredId]:
@@ -414,6 +503,9 @@ class SQLiteEventStore:
                 self._versions[name] = (key, version)
         for key, name in plan.new_streams:
             self._names[key] = name
+        if len(self._fences) > _STREAM_CACHE_LIMIT:
+            self._fences.clear()
+        self._fences.update(plan.fences)  # read under this commit's lock or checked by it
         self._head, self._last_hash, self._next_key = plan.head, plan.last_hash, plan.next_key
         self._watch.advance(plan.head)
 
@@ -564,6 +656,10 @@ async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[object]
 def _chunks(items: list[str] | list[bytes], size: int) -> Iterable[list[str] | list[bytes]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _FencesMovedError(Exception):
+    """A fence the fast path planned from was changed (by hand: not through an append)."""
 
 
 def _foreign_or_corrupt(path: Path, exc: sqlite3.DatabaseError) -> EventStoreError:

@@ -21,12 +21,14 @@ import pytest
 from events import (
     CorruptStoreError,
     EventStoreError,
+    Fence,
+    FencedError,
     NewEvent,
     NotAnEventStoreError,
     PostgresEventStore,
     StoreUnavailableError,
 )
-from events.postgres import redact
+from events.postgres import _APPEND_GROUP_V1, redact
 from tests.backends import pg_drop_schema, pg_dsn
 
 Factory = Callable[..., PostgresEventStore]
@@ -111,9 +113,40 @@ async def test_a_newer_schema_is_refused(make: Factory, schema: str) -> None:
     async with make() as store:
         await store.append("s", [ev(1)], 0)
     await sql(f"UPDATE \"{schema}\".osupgrade_meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(CorruptStoreError, match="schema v99; this code reads v1"):
+    with pytest.raises(CorruptStoreError, match="schema v99; this code reads v2"):
         async with make():
             pass
+
+
+async def test_a_v1_schema_is_migrated_on_open(make: Factory, schema: str) -> None:
+    async with make() as store:
+        await store.append("s", [ev(1), ev(2)], 0)
+    # Back to v1 by hand: no fences table, the 18-argument append_group(), marker 1.
+    s = f'"{schema}"'
+    await sql(f"DROP TABLE {s}.fences")
+    await sql(f"DROP FUNCTION {s}.append_group")
+    await sql(_APPEND_GROUP_V1.format(s=s))
+    await sql(f"UPDATE {s}.osupgrade_meta SET value = '1' WHERE key = 'schema_version'")
+    stores = [make(), make()]  # two engines starting together: one migrates
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        first, second = stores
+        assert await first.head() == 2
+        assert await first.append("s", [ev(3)], 2, fence=Fence("a", 2)) == [3]
+        with pytest.raises(FencedError):
+            await second.append("s", [ev(4)], 3, fence=Fence("a", 1))
+        assert await second.append("s", [ev(5)], 3) == [4]
+        assert (await second.verify()).ok
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    meta = await sql(f"SELECT value FROM {s}.osupgrade_meta WHERE key = 'schema_version'")
+    assert meta[0][0] == "2"
+    functions = await sql(
+        "SELECT p.pronargs FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = $1 AND p.proname = 'append_group'",
+        schema,
+    )
+    assert [f[0] for f in functions] == [21]  # the old overload is gone
 
 
 async def test_reopen_continues_the_log_and_the_chain(make: Factory) -> None:
@@ -352,3 +385,46 @@ async def test_three_processes_append_while_a_follower_never_skips(
         assert switches >= 6, "the processes did not write concurrently"
         report = await follower.verify()
         assert (report.ok, report.checked) == (True, total)
+
+
+async def test_a_takeover_racing_the_old_owners_appends_is_never_crossed(make: Factory) -> None:
+    """Two engines race on one scale set: A appends with token 1 from 8 tasks at once,
+    so its groups are always in flight; B takes over with token 2 mid-stream. Once B's
+    first append committed, none of A's may follow it in the log, whatever A's cache
+    said; every task of A must end with FencedError, and B's appends all commit."""
+    async with make() as a, make() as b:
+        a_done = 0
+        a_running = asyncio.Event()
+
+        async def old_owner(worker: int) -> FencedError:
+            nonlocal a_done
+            for n in range(2000):
+                try:
+                    await a.append("vmss-a", [NewEvent("t", {"by": "A", "token": 1, "n": n})],
+                                   None, fence=Fence("a", 1))  # fmt: skip
+                except FencedError as exc:
+                    return exc
+                a_done += 1
+                if a_done >= 40:
+                    a_running.set()
+            raise AssertionError(f"A's worker {worker} was never fenced")
+
+        async def new_owner() -> list[list[int]]:
+            await a_running.wait()
+            return await asyncio.gather(*(
+                b.append("vmss-a", [NewEvent("t", {"by": "B", "token": 2, "n": n})],
+                         None, fence=Fence("a", 2))
+                for n in range(20)
+            ))  # fmt: skip
+
+        *refusals, committed = await asyncio.gather(*(old_owner(w) for w in range(8)), new_owner())
+        assert all(r.current == 2 for r in refusals)
+        assert len(committed) == 20
+        log = await b.read_stream("vmss-a")
+        tokens = [e.data["token"] for e in log]
+        first_b = tokens.index(2)
+        assert tokens[:first_b] == [1] * first_b  # A's events only before B's first...
+        assert tokens[first_b:] == [2] * (len(tokens) - first_b)  # ...and none after it
+        assert first_b == a_done >= 40
+        assert await a.fence_token("a") == 2
+        assert (await b.verify()).ok

@@ -11,6 +11,8 @@ import pytest
 from events import (
     ConcurrencyError,
     CorruptStoreError,
+    Fence,
+    FencedError,
     NewEvent,
     NotAnEventStoreError,
     SQLiteEventStore,
@@ -59,6 +61,19 @@ async def test_two_store_instances_on_one_file_stay_consistent(tmp_path: Path) -
     assert report.ok
 
 
+async def test_a_right_expected_version_is_accepted_after_another_instance_appended(
+    tmp_path: Path,
+) -> None:
+    # The careful path used to plan from the cached version (1) although it had just seen
+    # that another writer moved the log: a correct expected_version of 2 was refused.
+    path = tmp_path / "events.sqlite"
+    async with SQLiteEventStore(path) as first, SQLiteEventStore(path) as second:
+        await first.append("s", [ev(1)], 0)
+        await second.append("s", [ev(2)], 1)
+        assert await first.append("s", [ev(3)], 2) == [3]
+        assert [e.stream_version for e in await first.read_stream("s")] == [1, 2, 3]
+
+
 async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("just some text, not a database at all\n" * 100)
@@ -90,9 +105,40 @@ async def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()
-    with pytest.raises(CorruptStoreError, match="schema v99"):
+    with pytest.raises(CorruptStoreError, match="schema v99; this code reads v2"):
         async with SQLiteEventStore(path):
             pass
+
+
+def downgrade_to_v1(path: Path) -> None:
+    """Make ``path`` look like a log written before fencing (schema v1: no fences table)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE fences")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+async def test_a_v1_log_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    async with SQLiteEventStore(path) as store:
+        await store.append("s", [ev(1), ev(2)], 0)
+    downgrade_to_v1(path)
+    # two engines opening it together: one migrates, the other finds it done
+    first, second = SQLiteEventStore(path), SQLiteEventStore(path)
+    await asyncio.gather(first.open(), second.open())
+    try:
+        assert await first.head() == 2
+        assert await first.append("s", [ev(3)], 2, fence=Fence("a", 2)) == [3]
+        with pytest.raises(FencedError):
+            await second.append("s", [ev(4)], 3, fence=Fence("a", 1))
+        assert await second.fence_token("a") == 2
+        assert (await second.verify()).ok
+    finally:
+        await first.close()
+        await second.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    conn.close()
 
 
 async def test_a_damaged_file_gives_a_clear_error(tmp_path: Path) -> None:

@@ -74,12 +74,6 @@ async def raise_fence_behind_the_stores_back(store: Any, scope: str, token: int)
         await pg.close()
 
 
-@pytest.fixture(autouse=True)
-def _not_built_yet(backend: Backend) -> None:  # removed as each backend gets fencing
-    if backend.name != "memory":
-        pytest.skip(f"fencing is not built for {backend.name} yet")
-
-
 # -- the contract ----------------------------------------------------------------------
 
 
