@@ -92,6 +92,7 @@ class ScaleSetWorker:
         self._durable.set()
         self._inbox: deque[_Request] = deque()
         self._wake = ctx.clock.signal()
+        self._due: datetime | None = None  # the instant the last timed wait was for
         self._log = log.bind(scale_set=key)
 
     # -- commands ------------------------------------------------------------------
@@ -263,6 +264,19 @@ class ScaleSetWorker:
             await self._wake.wait()
         else:
             await self.ctx.clock.sleep_until(until, self._wake)
+            self._due = until
+
+    def _decision_time(self) -> datetime:
+        """The instant to decide at: the one slept until, if the worker woke for it.
+
+        The decider observes health only at grid instants (so a restarted worker
+        observes at the same ones). A virtual clock wakes exactly on them; a real clock
+        wakes a little after, and deciding at that later instant would find it off the
+        grid and wait for the next point, forever.
+        """
+        now = self.ctx.clock.now()
+        due, self._due = self._due, None
+        return due if due is not None and due <= now else now
 
     async def _handle(self, request: _Request) -> None:
         try:
@@ -339,7 +353,7 @@ class ScaleSetWorker:
         """
         spec = self.state.spec
         assert spec is not None
-        now = self.ctx.clock.now()
+        now = self._decision_time()
         health: dict[str, Health] = {}
         while True:
             needed = upgrade.health_needed()

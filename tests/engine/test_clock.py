@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine.clock import RealClock, VirtualClock
+from engine.clock import RealClock, Signal, VirtualClock
+from engine.domain.model import UpgradeStatus
+from tests.engine.harness import RG, SUB, spec, world
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -125,3 +127,22 @@ async def test_real_clock_runs_at_its_speed() -> None:
     assert clock.now() - before < timedelta(hours=1)
     with pytest.raises(ValueError, match="speed"):
         RealClock(speed=0)
+
+
+class LateClock(VirtualClock):
+    """Wakes timed sleepers 3 ms after the instant they asked for, as real clocks do."""
+
+    async def sleep_until(self, when: datetime, wake: Signal | None = None) -> None:
+        await super().sleep_until(when + timedelta(milliseconds=3), wake)
+
+
+async def test_an_upgrade_completes_on_a_clock_that_wakes_late() -> None:
+    # Health is observed on a grid of probe instants; a worker woken a little after one
+    # must still observe it (it once waited for the next one, and the next, forever).
+    async with world(clock=LateClock(T0, autojump=False)) as w:
+        await w.create(spec("web", 10))
+        await w.publish("1.1.0", boot_seconds=60)
+        worker = w.engine.scale_set(SUB, RG, "web")
+        await w.run_until(lambda: bool(worker.state.upgrades) and worker.upgrade is None, 20_000)
+        upgrade = await w.engine.wait_for_upgrade(SUB, RG, "web")
+        assert upgrade.status == UpgradeStatus.COMPLETED
