@@ -8,10 +8,10 @@ the state the workers folded from the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -145,8 +145,7 @@ class Engine:
                 await self.ownership.board.add(self._known)
                 self._background.append(asyncio.create_task(self._follow(head)))
                 if self.ownership.claim:
-                    participation = self.clock.participant()  # counts now, like a worker
-                    self._background.append(asyncio.create_task(self._lease_loop(participation)))
+                    self._background.append(asyncio.create_task(self._lease_loop()))
         log.info("engine started", scale_sets=len(self._known), shared=self.ownership is not None)
 
     async def _scan(self, types: list[str], up_to: int | None = None) -> Any:
@@ -188,12 +187,18 @@ class Engine:
             await board.add(created)
             await board.remove(deleted)
 
-    async def _lease_loop(self, participation: AbstractAsyncContextManager[None]) -> None:
-        """Renew and claim leases every ``renew_s``; start and stop workers to match."""
+    async def _lease_loop(self) -> None:
+        """Renew and claim leases every ``renew_s``; start and stop workers to match.
+
+        Paced by ``Ownership.sleep`` it takes part in the engine clock (simulations);
+        paced in real seconds (the default) it must not: lease expiry is real time,
+        whatever the engine clock does.
+        """
         own = self.ownership
         assert own is not None
         sleep = own.sleep or asyncio.sleep
         lost_at = None  # monotonic time after which unrenewed leases may be gone
+        participation = self.clock.participant() if own.sleep else contextlib.nullcontext()
         async with participation:
             while True:
                 try:

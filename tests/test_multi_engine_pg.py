@@ -1,0 +1,181 @@
+"""Three ``osupgrade serve`` processes share one PostgreSQL log; one is SIGKILLed mid-rollout.
+
+The surviving engines take its scale sets over within the lease TTL plus one renewal,
+every upgrade completes, and the log itself proves (``engine.fence_audit``) that no
+scale set was ever driven by two engines and no instance was reimaged twice by one
+upgrade. Time is real but sped up 300 times, shared by every process through the
+database, so a 15-minute rollout takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from asyncio.subprocess import PIPE, Process
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+from engine.api.service import leases_schema
+from engine.domain.events import SimulationProfile
+from engine.domain.scale_set import EngineSettings
+from engine.engine import Engine
+from engine.fence_audit import audit_fences
+from engine.leases import Ownership
+from engine.pg_leases import PostgresLeaseBoard
+from engine.simulated_fleet import SimulatedFleet
+from events import PostgresEventStore, RecordedEvent
+from tests.backends import pg_dsn
+from tests.engine.harness import LOCATION, UBUNTU, spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = 200
+VERBOSE: list[str] = []
+SPEED = 300.0
+TTL, RENEW = 3.0, 1.0
+NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seconds
+
+
+@asynccontextmanager
+async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[Process]:
+    """One ``osupgrade serve`` on the shared log, listening on a free port."""
+    command = [
+        "-m", "engine.cli", *VERBOSE, "serve", "--db", dsn, "--pg-schema", schema,
+        "--port", "0", "--speed", str(SPEED), "--auth-token", "t",
+        "--lease-ttl", str(TTL), "--lease-renew", str(RENEW),
+        "--first-rollout-max-delay", "0",
+        "--new-version-delay", *(str(d) for d in NEW_VERSION_DELAY),
+    ]  # fmt: skip
+    err = await asyncio.to_thread(log.open, "a")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command, cwd=ROOT, stdout=PIPE, stderr=err
+    )
+    err.close()
+    assert process.stdout is not None
+    line = await process.stdout.readline()  # printed once it serves
+    assert line.startswith(b"osupgrade serving"), (line, await asyncio.to_thread(log.read_text))
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+
+
+async def drop(dsn: str, *schemas: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for schema in schemas:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def spread(board: PostgresLeaseBoard) -> None:
+    """Wait until all three engines hold an even share (leases move in real time)."""
+    while True:
+        owners = Counter((await board.owners()).values())
+        if None not in owners and len(owners) == 3 and max(owners.values()) <= -(-SETS // 3):
+            return
+        await asyncio.sleep(0.2)  # another process's table: there is nothing to wait on
+
+
+async def mid_rollout(store: PostgresEventStore) -> set[str]:
+    """Keys of the scale sets with an upgrade started and not finished."""
+    kinds = ["scaleset.upgrade_started", "scaleset.upgrade_finished"]
+    running: set[str] = set()
+    for r in await store.read_all(limit=10_000_000, types=kinds):
+        key = r.stream_id.removeprefix("vmss-")
+        (running.add if r.type == kinds[0] else running.discard)(key)
+    return running
+
+
+async def takeovers(
+    store: PostgresEventStore, after: int, streams: set[str]
+) -> dict[str, RecordedEvent]:
+    """Follow the log until each of ``streams`` has a new ``lease_acquired``."""
+    taken: dict[str, RecordedEvent] = {}
+    async for event in store.subscribe(after=after, types=["scaleset.lease_acquired"]):
+        if event.stream_id in streams:
+            taken.setdefault(event.stream_id, event)
+        if len(taken) == len(streams):
+            return taken
+    raise AssertionError("the subscription ended")
+
+
+async def wait_for_events(
+    store: PostgresEventStore, kind: str, enough: int, distinct: bool = True
+) -> list[RecordedEvent]:
+    """Follow the log (woken by NOTIFY) until ``enough`` scale sets have a ``kind`` event."""
+    seen: dict[str, RecordedEvent] = {}
+    async for event in store.subscribe(types=[kind]):
+        seen.setdefault(event.stream_id, event)
+        if len(seen) >= enough:
+            return list(seen.values())
+    raise AssertionError("the subscription ended")
+
+
+async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: Path) -> None:
+    dsn = pg_dsn()
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    try:
+        async with AsyncExitStack() as stack:
+            board = await stack.enter_async_context(
+                PostgresLeaseBoard(dsn, schema=leases_schema(schema), ttl_s=TTL)
+            )
+            clock = await board.shared_clock(SPEED, datetime.now(UTC))
+            store = await stack.enter_async_context(
+                PostgresEventStore(dsn, schema=schema, clock=clock)
+            )
+            admin = Engine(  # takes the test's calls, drives no scale set
+                store=store, fleet=SimulatedFleet(clock), clock=clock,
+                settings=EngineSettings(first_rollout_max_delay_s=0),
+                ownership=Ownership(board, "admin", renew_s=RENEW, claim=False),
+            )  # fmt: skip
+            await stack.enter_async_context(admin)
+            await admin.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
+            for n in range(SETS):
+                await admin.create_or_update_scale_set(spec(f"set{n:03}", 10))
+            processes = [
+                await stack.enter_async_context(engine_process(dsn, schema, tmp_path / f"e{i}.log"))
+                for i in range(3)
+            ]
+            async with asyncio.timeout(60):
+                await spread(board)
+            await admin.publish_image_version(
+                LOCATION, *UBUNTU, "1.1.0", SimulationProfile(boot_seconds=180)
+            )
+            async with asyncio.timeout(60):  # a third done: the rest are mid-rollout
+                await wait_for_events(store, "scaleset.upgrade_finished", SETS // 3)
+            owner_of = await board.owners()
+            assert len(set(owner_of.values()) - {None}) == 3  # work spread over all three
+            running = await mid_rollout(store)
+            victim_id = Counter(owner_of[key] for key in running).most_common(1)[0][0]
+            assert victim_id is not None
+            victim = next(p for p in processes if f"-{p.pid}-" in victim_id)
+            victim_sets = {f"vmss-{k}" for k, o in owner_of.items() if o == victim_id}
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at, kill_position = clock.now(), await store.head()
+            async with asyncio.timeout(120):
+                finished = await wait_for_events(store, "scaleset.upgrade_finished", SETS)
+                taken = await takeovers(store, kill_position, victim_sets)
+            records = await store.read_all(limit=10_000_000)
+    finally:
+        await drop(dsn, schema, leases_schema(schema))
+    assert {e.data["status"] for e in finished} == {"Completed"}
+    audit = audit_fences(records)
+    assert audit.ok, audit.problems
+    assert {f"vmss-{k}" for k in running} & victim_sets  # it died mid-rollout ...
+    assert set(taken) == victim_sets  # ... and every one of its sets was taken over ...
+    assert all(r.data["engine_id"] != victim_id for r in taken.values())
+    slowest = max(r.occurred_at for r in taken.values()) - killed_at
+    print(f"slowest takeover: {slowest.total_seconds() / SPEED:.2f} s real after SIGKILL")
+    assert slowest <= timedelta(seconds=(TTL + RENEW + 2) * SPEED), slowest  # ... in time
+    assert audit.takeovers >= len(taken)
