@@ -27,16 +27,27 @@ from events import (
     PostgresEventStore,
     SQLiteEventStore,
 )
-from tests.backends import Backend, opened
+from tests.backends import BACKENDS, Backend, opened
 
 
 def ev(n: int = 0, **extra: Any) -> NewEvent:
     return NewEvent("test.happened", {"n": n, **extra})
 
 
-def durable_only(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.skip("needs a second store object on the same log")
+DURABLE = [b for b in BACKENDS if b.name != "memory"]
+
+
+@pytest.fixture(params=DURABLE, ids=[b.name for b in DURABLE])
+def durable(request: pytest.FixtureRequest) -> Backend:
+    """A backend whose log a second store object can open (another engine process)."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def durable_store(durable: Backend, tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh, open store of a durable backend."""
+    async with opened(durable, tmp_path) as s:
+        yield s
 
 
 @asynccontextmanager
@@ -198,9 +209,8 @@ async def test_invalid_fences_are_refused(store: Any) -> None:
     assert await store.head() == 0
 
 
-async def test_a_fence_survives_reopening(backend: Backend, tmp_path: Path) -> None:
-    durable_only(backend)
-    async with opened(backend, tmp_path) as store:
+async def test_a_fence_survives_reopening(durable: Backend, tmp_path: Path) -> None:
+    async with opened(durable, tmp_path) as store:
         await store.append("vmss-a", [ev()], 0, fence=Fence("a", 4))
         await store.close()
         async with second_store(store) as reopened:
@@ -213,10 +223,8 @@ async def test_a_fence_survives_reopening(backend: Backend, tmp_path: Path) -> N
 # -- two stores (two engine processes) on one log --------------------------------------
 
 
-async def test_another_stores_raise_is_seen_through_a_stale_cache(
-    store: Any, backend: Backend
-) -> None:
-    durable_only(backend)
+async def test_another_stores_raise_is_seen_through_a_stale_cache(durable_store: Any) -> None:
+    store = durable_store
     async with second_store(store) as other:
         await store.append("vmss-a", [ev(1)], 0, fence=Fence("a", 1))  # A caches token 1
         await other.append("vmss-a", [ev(2)], 1, fence=Fence("a", 2))  # B takes over
@@ -239,12 +247,12 @@ async def test_another_stores_raise_is_seen_through_a_stale_cache(
 
 
 async def test_a_fence_raised_without_an_append_still_stops_the_fast_path(
-    store: Any, backend: Backend
+    durable_store: Any,
 ) -> None:
     """Fences change only through appends, which move the tail; the fast path checks the
     tail. It also checks the fences themselves, in the same transaction, so even a fence
     raised by hand (the tail unchanged) cannot be bypassed by a store's cache."""
-    durable_only(backend)
+    store = durable_store
     await store.append("vmss-a", [ev(1)], 0, fence=Fence("a", 1))  # cache: token 1
     await raise_fence_behind_the_stores_back(store, "a", 5)
     with pytest.raises(FencedError) as caught:
