@@ -34,7 +34,7 @@ from engine.domain.events import (
     scale_set_stream,
 )
 from engine.domain.model import ScaleSetSpec, StartedBy, scale_set_key, version_key
-from engine.domain.scale_set import EngineSettings, OperationNotAllowedError
+from engine.domain.scale_set import EngineSettings, OperationNotAllowedError, ScaleSetState
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet
@@ -503,8 +503,31 @@ class Engine:
         return worker
 
     def scale_sets(self) -> list[str]:
-        """Keys of every live scale set."""
+        """Keys of every live scale set (with ``ownership``: driven here or elsewhere)."""
+        if self.ownership is not None:
+            return sorted(self._known)
         return sorted(key for key, worker in self._workers.items() if not worker.state.deleted)
+
+    async def scale_set_state(
+        self, subscription: str, resource_group: str, name: str
+    ) -> ScaleSetState:
+        """A live scale set's state: its worker's fold, or the log's if another engine drives it.
+
+        Reads never need the owner: the log has everything (the fold may trail the owner's
+        decisions by its commits).
+        """
+        try:
+            worker = self.scale_set(subscription, resource_group, name)
+        except NotOwnedHereError:
+            key = scale_set_key(subscription, resource_group, name)
+            state = ScaleSetState()
+            for recorded in await self.store.read_stream(scale_set_stream(key)):
+                state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+            if state.spec is None or state.deleted:
+                raise ScaleSetNotFoundError(f"scale set {name} not found") from None
+            return state
+        await worker.loaded.wait()
+        return worker.state
 
     async def latest_upgrade(
         self, subscription: str, resource_group: str, name: str
@@ -577,6 +600,10 @@ class Engine:
             raise ScaleSetNotFoundError(f"scale set {key} not found")
         async with self.clock.participant():
             return await worker.submit(command)
+
+    def drives(self, key: str) -> bool:
+        """True if this engine's worker drives scale set ``key`` now."""
+        return key in self._tasks
 
     def _live_worker(self, key: str) -> ScaleSetWorker | None:
         """The running worker of ``key``; None if there is no such (live) scale set.

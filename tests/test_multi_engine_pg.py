@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from engine.api.service import leases_schema
 from engine.domain.events import SimulationProfile
@@ -32,6 +33,7 @@ from engine.leases import Ownership
 from engine.pg_leases import PostgresLeaseBoard
 from engine.simulated_fleet import SimulatedFleet
 from events import PostgresEventStore, RecordedEvent
+from tests.api.live import API
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, UBUNTU, spec
 
@@ -44,7 +46,7 @@ NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seco
 
 
 @asynccontextmanager
-async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[Process]:
+async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[tuple[Process, str]]:
     """One ``osupgrade serve`` on the shared log, listening on a free port."""
     command = [
         "-m", "engine.cli", *VERBOSE, "serve", "--db", dsn, "--pg-schema", schema,
@@ -62,7 +64,7 @@ async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[Proc
     line = await process.stdout.readline()  # printed once it serves
     assert line.startswith(b"osupgrade serving"), (line, await asyncio.to_thread(log.read_text))
     try:
-        yield process
+        yield process, line.split()[2].decode()
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -85,6 +87,25 @@ async def spread(board: PostgresLeaseBoard) -> None:
         if None not in owners and len(owners) == 3 and max(owners.values()) <= -(-SETS // 3):
             return
         await asyncio.sleep(0.2)  # another process's table: there is nothing to wait on
+
+
+async def any_server_reads_every_set(url: str, pid: int, owners: dict[str, str | None]) -> None:
+    """Reads of a set another server drives come from the log; commands are refused."""
+    elsewhere = next(k for k, o in owners.items() if o is not None and f"-{pid}-" not in o)
+    sub, rg, name = elsewhere.split("/")
+    path = (
+        f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
+        f"/virtualMachineScaleSets/{name}"
+    )
+    query = {"api-version": API}
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": "Bearer t"}) as http:
+        model = await http.get(path, params=query)
+        instances = await http.get(f"{path}/virtualMachines", params=query)
+        start = await http.post(f"{path}/osRollingUpgrade", params=query)
+    assert model.status_code == 200 and model.json()["name"] == name
+    assert {i["properties"]["storageProfile"]["imageReference"]["exactVersion"]
+            for i in instances.json()["value"]} == {"1.1.0"}  # fmt: skip
+    assert start.status_code == 409 and "another engine" in start.json()["error"]["message"]
 
 
 async def mid_rollout(store: PostgresEventStore) -> set[str]:
@@ -143,10 +164,11 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
             await admin.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
             for n in range(SETS):
                 await admin.create_or_update_scale_set(spec(f"set{n:03}", 10))
-            processes = [
+            servers = [
                 await stack.enter_async_context(engine_process(dsn, schema, tmp_path / f"e{i}.log"))
                 for i in range(3)
             ]
+            processes = [process for process, _ in servers]
             async with asyncio.timeout(60):
                 await spread(board)
             await admin.publish_image_version(
@@ -167,6 +189,8 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
                 finished = await wait_for_events(store, "scaleset.upgrade_finished", SETS)
                 taken = await takeovers(store, kill_position, victim_sets)
             records = await store.read_all(limit=10_000_000)
+            survivor, url = next((p, url) for p, url in servers if p is not victim)
+            await any_server_reads_every_set(url, survivor.pid, await board.owners())
     finally:
         await drop(dsn, schema, leases_schema(schema))
     assert {e.data["status"] for e in finished} == {"Completed"}

@@ -49,6 +49,7 @@ from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
 from engine.domain.model import ScaleSetSpec
+from engine.domain.scale_set import ScaleSetState
 from engine.engine import ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
 from projections.fleet_view import InstanceView
@@ -132,6 +133,20 @@ async def _worker(service: ApiService, request: Request) -> ScaleSetWorker:
     return worker
 
 
+async def _state(service: ApiService, request: Request) -> ScaleSetState:
+    """The live scale set named by the path (404 otherwise), whichever engine drives it."""
+    sub, rg, name = _path(request)
+    try:
+        return await service.engine.scale_set_state(sub, rg, name)
+    except ScaleSetNotFoundError:
+        raise scale_set_not_found(rg, name) from None
+
+
+def _model(state: ScaleSetState) -> ScaleSetSpec:
+    assert state.spec is not None  # live
+    return state.spec
+
+
 def _spec(worker: ScaleSetWorker) -> ScaleSetSpec:
     spec = worker.state.spec
     assert spec is not None  # loaded and live
@@ -198,7 +213,7 @@ def _same_location(service: ApiService, spec: ScaleSetSpec) -> None:
 
 async def get_scale_set(request: Request, service: ApiService) -> Response:
     """GET VMSS."""
-    return json_response(render_scale_set(_spec(await _worker(service, request))))
+    return json_response(render_scale_set(_model(await _state(service, request))))
 
 
 async def delete_scale_set(request: Request, service: ApiService) -> Response:
@@ -219,24 +234,26 @@ async def list_scale_sets(request: Request, service: ApiService) -> Response:
     items = []
     for key in service.engine.scale_sets():
         if key.startswith(prefix):
-            worker = service.engine.scale_set(*key.split("/"))
-            await worker.loaded.wait()
-            items.append(render_scale_set(_spec(worker)))
+            try:
+                state = await service.engine.scale_set_state(*key.split("/"))
+            except ScaleSetNotFoundError:  # deleted meanwhile
+                continue
+            items.append(render_scale_set(_model(state)))
     return json_response({"value": items})
 
 
 async def list_instances(request: Request, service: ApiService) -> Response:
     """GET VMSS/virtualMachines; ``$expand=instanceView`` adds live health."""
-    worker = await _worker(service, request)
-    spec = _spec(worker)
+    state = await _state(service, request)
+    spec = _model(state)
     projected = service.runner.view.instances.get(spec.key, {})
     versions = {
-        i: projected[i].version if i in projected else v
-        for i, v in worker.state.instance_versions.items()
+        i: projected[i].version if i in projected else v for i, v in state.instance_versions.items()
     }
     ids = sorted(versions, key=int)
     expand = query_params(request).get("$expand", "").lower() == "instanceview"
-    health = await service.fleet.read_health(spec, ids) if expand else {}
+    live = expand and service.engine.drives(spec.key)  # health: the driving engine's fleet
+    health = await service.fleet.read_health(spec, ids) if live else {}
     items = [render_instance(spec, i, InstanceView(versions[i]), health.get(i)) for i in ids]
     return json_response({"value": items})
 
@@ -294,8 +311,7 @@ async def approve_instance(request: Request, service: ApiService) -> Response:
 
 async def get_latest(request: Request, service: ApiService) -> Response:
     """GET VMSS/rollingUpgrades/latest (404 when the set never had one)."""
-    worker = await _worker(service, request)
-    body = latest_body(service, worker.key)
+    body = latest_body(service, _model(await _state(service, request)).key)
     if body is None:
         raise not_found("The entity was not found in this Azure location.")
     return _raw_json(body)
@@ -303,14 +319,14 @@ async def get_latest(request: Request, service: ApiService) -> Response:
 
 async def get_history(request: Request, service: ApiService) -> Response:
     """GET VMSS/osUpgradeHistory: paged, ``$skiptoken`` = last upgrade id of a page."""
-    worker = await _worker(service, request)
+    key = _model(await _state(service, request)).key
     query = query_params(request)
     url = f"{_base_url(request)}{request.url.path}"
 
     def next_link(last: str) -> str:
         return f"{url}?api-version={query['api-version']}&$skiptoken={last}"
 
-    body = history_body(service, worker.key, query.get("$skiptoken"), next_link)
+    body = history_body(service, key, query.get("$skiptoken"), next_link)
     assert body is not None  # with a link maker there is always a page
     return _raw_json(body)
 
