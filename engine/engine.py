@@ -41,7 +41,7 @@ from engine.fleet import Fleet
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext
-from events import EventStore, FencedError, Metadata
+from events import EventStore, FencedError, Metadata, RecordedEvent
 
 log = structlog.get_logger("osupgrade.engine")
 
@@ -171,21 +171,32 @@ class Engine:
     async def _follow(self, after: int) -> None:
         """Keep up with catalog changes and scale sets that other engines append."""
         assert self.ownership is not None
-        board = self.ownership.board
-        async for batch in self.store.subscribe(after=after, types=_FOLLOWED).batches():
-            created, deleted = [], []
-            for recorded in batch:
-                event = DOMAIN_EVENTS.decode(recorded)
-                self._apply_followed(event)
-                if isinstance(event, ScaleSetCreated):
-                    created.append(event.spec.key)
-                elif isinstance(event, ScaleSetDeleted):
-                    deleted.append(event.key)
-                elif recorded.type in _CATALOG_TYPES:
-                    for worker in self._workers.values():
-                        worker.nudge()
-            await board.add(created)
-            await board.remove(deleted)
+        while True:
+            try:
+                async for batch in self.store.subscribe(after=after, types=_FOLLOWED).batches():
+                    await self._followed(batch)
+                    after = batch[-1].position
+            except Exception as exc:  # noqa: BLE001 - the log is unreachable: try again
+                log.warning("following the log failed", after=after, error=repr(exc))
+                # real seconds: the store's reconnects are, and this task holds no
+                # engine time (it is not a participant of a virtual clock)
+                await asyncio.sleep(self.ownership.renew_s)
+
+    async def _followed(self, batch: list[RecordedEvent]) -> None:
+        assert self.ownership is not None
+        created, deleted = [], []
+        for recorded in batch:
+            event = DOMAIN_EVENTS.decode(recorded)
+            self._apply_followed(event)
+            if isinstance(event, ScaleSetCreated):
+                created.append(event.spec.key)
+            elif isinstance(event, ScaleSetDeleted):
+                deleted.append(event.key)
+            elif recorded.type in _CATALOG_TYPES:
+                for worker in self._workers.values():
+                    worker.nudge()
+        await self.ownership.board.add(created)
+        await self.ownership.board.remove(deleted)
 
     async def _lease_loop(self) -> None:
         """Renew and claim leases every ``renew_s``; start and stop workers to match.
@@ -203,13 +214,12 @@ class Engine:
             while True:
                 try:
                     holdings = await own.board.renew_and_claim(own.engine_id)
-                except Exception as exc:  # noqa: BLE001 - whatever failed, retry next round
-                    log.warning("lease renewal failed", error=repr(exc))
-                    if lost_at is not None and time.monotonic() > lost_at:
-                        await self._drop_all()  # others may own them by now
-                else:
                     lost_at = time.monotonic() + own.board.ttl_s - own.renew_s
                     await self._follow_holdings(holdings)
+                except Exception as exc:  # noqa: BLE001 - whatever failed, retry next round
+                    log.warning("lease step failed", error=repr(exc))
+                    if lost_at is not None and time.monotonic() > lost_at:
+                        await self._drop_all()  # others may own them by now
                 await sleep(own.renew_s)
 
     async def _follow_holdings(self, holdings: Holdings) -> None:

@@ -33,10 +33,10 @@ TTL, RENEW = 15.0, 5.0
 class Cluster:
     """Engines on one log; ``admin`` takes API calls but drives nothing."""
 
-    def __init__(self, board: MemoryLeaseBoard | None = None) -> None:
+    def __init__(self, board_type: type[MemoryLeaseBoard] = MemoryLeaseBoard) -> None:
         self.clock = VirtualClock(T0, autojump=False)
         self.store = InMemoryEventStore(clock=self.clock)
-        self.board = board or MemoryLeaseBoard(now=self.clock.now, ttl_s=TTL)
+        self.board = board_type(now=self.clock.now, ttl_s=TTL)
         self.admin = self.engine("admin", claim=False)
         self.engines: list[Engine] = []
 
@@ -171,12 +171,10 @@ class PausingBoard(MemoryLeaseBoard):
 
 
 async def test_an_engine_that_lost_its_lease_while_paused_is_fenced_off() -> None:
-    clock_holder = Cluster()  # only for its clock
-    board = PausingBoard(now=clock_holder.clock.now, ttl_s=TTL)
-    board.clock = clock_holder.clock
-    cluster = Cluster.__new__(Cluster)
-    cluster.clock, cluster.store, cluster.board = clock_holder.clock, clock_holder.store, board
-    cluster.admin, cluster.engines = cluster.engine("admin", claim=False), []
+    cluster = Cluster(PausingBoard)
+    board = cluster.board
+    assert isinstance(board, PausingBoard)
+    board.clock = cluster.clock
     await cluster.start(count=2, sets=4, capacity=20)
     _slow, _other = cluster.engines
 
@@ -199,3 +197,30 @@ async def test_an_engine_that_lost_its_lease_while_paused_is_fenced_off() -> Non
     assert audit.ok, audit.problems
     assert audit.takeovers >= 2
     await cluster.stop()  # no WorkerCrashedError: being fenced off is not a crash
+
+
+class FlakyBoard(MemoryLeaseBoard):
+    """A board whose first lease steps fail, as a database restart would."""
+
+    failures: int = 2
+
+    async def renew_and_claim(self, engine_id: str) -> Holdings:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionResetError("the database went away")
+        return await super().renew_and_claim(engine_id)
+
+
+async def test_a_failing_lease_step_is_retried_on_the_next_round() -> None:
+    cluster = Cluster(FlakyBoard)
+    with capture_logs() as logs:
+        await cluster.start(count=1, sets=3)
+
+        async def driving() -> bool:
+            return len(owned(cluster.engines[0])) == 3
+
+        await cluster.run_until(driving)
+    failed = [e for e in logs if e["event"] == "lease step failed"]
+    assert len(failed) == 2 and "went away" in failed[0]["error"]
+    assert cluster.clock.now() - T0 == timedelta(seconds=2 * RENEW)  # two rounds lost
+    await cluster.stop()
