@@ -210,10 +210,12 @@ class Engine:
         sleep = own.sleep or asyncio.sleep
         lost_at = None  # monotonic time after which unrenewed leases may be gone
         participation = self.clock.participant() if own.sleep else contextlib.nullcontext()
+        joined = False  # the first step only announces this engine (see LeaseBoard)
         async with participation:
             while True:
                 try:
-                    holdings = await own.board.renew_and_claim(own.engine_id)
+                    holdings = await own.board.renew_and_claim(own.engine_id, claim=joined)
+                    joined = True
                     lost_at = time.monotonic() + own.board.ttl_s - own.renew_s
                     await self._follow_holdings(holdings)
                 except Exception as exc:  # noqa: BLE001 - whatever failed, retry next round

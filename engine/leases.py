@@ -35,11 +35,13 @@ class LeaseBoard(Protocol):
         """Forget the leases of deleted scale sets."""
         ...
 
-    async def renew_and_claim(self, engine_id: str) -> Holdings:
+    async def renew_and_claim(self, engine_id: str, *, claim: bool = True) -> Holdings:
         """Heartbeat, renew every unexpired lease held, claim free ones up to the fair share.
 
         A lease missing from the answer was lost; one with another token was lost and
-        claimed again.
+        claimed again. ``claim=False`` only heartbeats and renews (an engine joining
+        announces itself first, so engines starting together split the work at once
+        instead of the first taking everything and handing most of it back).
         """
         ...
 
@@ -95,7 +97,7 @@ class MemoryLeaseBoard:
         for key in keys:
             self._leases.pop(key, None)
 
-    async def renew_and_claim(self, engine_id: str) -> Holdings:
+    async def renew_and_claim(self, engine_id: str, *, claim: bool = True) -> Holdings:
         """Heartbeat, renew, then claim free or expired leases up to the fair share."""
         now = self.now()
         until = now + timedelta(seconds=self.ttl_s)
@@ -107,7 +109,7 @@ class MemoryLeaseBoard:
                 held[key] = lease.token
         live = sum(1 for beat in self._heartbeats.values() if beat + _ttl(self) > now)
         share = fair_share(len(self._leases), live)
-        want = share - len(held)
+        want = share - len(held) if claim else 0
         for key in sorted(self._leases):
             lease = self._leases[key]
             if want <= 0:

@@ -108,7 +108,7 @@ class PostgresLeaseBoard:
                 f"DELETE FROM {self._t('leases')} WHERE scale_set = ANY($1::text[])", list(keys)
             )
 
-    async def renew_and_claim(self, engine_id: str) -> Holdings:
+    async def renew_and_claim(self, engine_id: str, *, claim: bool = True) -> Holdings:
         """Heartbeat, renew, then claim free or expired leases up to the fair share."""
         ttl = self.ttl_s
         leases, engines = self._t("leases"), self._t("engines")
@@ -131,7 +131,7 @@ class PostgresLeaseBoard:
             assert counts is not None
             share = fair_share(counts[0], counts[1])
             claimed = []
-            if share > len(renewed):
+            if claim and share > len(renewed):
                 claimed = await conn.fetch(
                     f"UPDATE {leases} l SET owner = $1, token = l.token + 1, "
                     "expires_at = clock_timestamp() + $2 * interval '1 second' "

@@ -142,3 +142,12 @@ def test_renewal_must_be_well_inside_the_ttl() -> None:
     with pytest.raises(ValueError, match="TTL above twice"):
         Ownership(board, "a", renew_s=5)
     Ownership(board, "a", renew_s=4.9)
+
+
+async def test_joining_without_claiming_counts_for_the_fair_share(env: Env) -> None:
+    await env.board.add(KEYS)
+    joined = await env.board.renew_and_claim("a", claim=False)
+    assert joined.held == {} and joined.share == 9
+    await env.board.renew_and_claim("b", claim=False)
+    a = await env.board.renew_and_claim("a")
+    assert len(a.held) == 5 and a.share == 5  # "b" counts before it claimed anything
