@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -58,7 +59,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL, RENEW = 6.0, 2.0
 
 
-async def run_embedded(dsn: str, schema: str, scale_sets: int, instances: int) -> dict[str, float]:
+async def run_embedded(dsn: str, schema: str, scale_sets: int, instances: int) -> dict[str, Any]:
     """One engine in this process, alone on the log."""
     clock = VirtualClock(T0)
     fleet = SimulatedFleet(clock, seed=1)
@@ -78,7 +79,7 @@ async def run_embedded(dsn: str, schema: str, scale_sets: int, instances: int) -
 
 async def run_shared(
     dsn: str, schema: str, scale_sets: int, instances: int, engines: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``engines`` engine processes share the log; this process only sets up and watches."""
     clock = VirtualClock(T0)
     async with (
@@ -108,7 +109,7 @@ async def run_shared(
             audit = audit_fences(await store.read_all(limit=100_000_000))
     return {
         "completed": statuses["Completed"], "wall_s": wall, "events": head,
-        "peak_rss_mib": max(rss), "chain_ok": report.ok, "audit_ok": audit.ok,
+        "peak_rss_mib": max(rss), "rss_each": rss, "chain_ok": report.ok, "audit_ok": audit.ok,
     }  # fmt: skip
 
 
@@ -220,16 +221,21 @@ def main() -> None:
         print(_line(engines, args.scale_sets, args.instances, result, first), flush=True)
 
 
-def _line(engines: int, sets: int, instances: int, r: dict[str, float], first: float) -> str:
+def _line(engines: int, sets: int, instances: int, r: dict[str, Any], first: float) -> str:
     who = "1 engine, embedded" if engines == 0 else f"{engines} engine process(es)"
     return (
         f"PostgreSQL, {who}: {sets:,} scale sets x {instances} instances: "
         f"{r['completed']:,.0f} completed; wall {r['wall_s']:.1f} s (x{r['wall_s'] / first:.2f} "
         f"of the first run), {r['events']:,.0f} events, {r['events'] / r['wall_s']:,.0f} events/s, "
         f"{r['wall_s'] / (sets * instances) * 1e6:,.0f} µs per instance, peak RSS per engine "
-        f"{r['peak_rss_mib']:,.0f} MiB, hash chain {'intact' if r['chain_ok'] else 'BROKEN'}, "
+        f"{r['peak_rss_mib']:,.0f} MiB{_each(r)}, hash chain {'intact' if r['chain_ok'] else 'BROKEN'}, "
         f"fence audit {'clean' if r['audit_ok'] else 'FAILED'}"
     )
+
+
+def _each(r: dict[str, Any]) -> str:
+    each = r.get("rss_each", [])
+    return f" (each: {', '.join(f'{m:,.0f}' for m in each)})" if len(each) > 1 else ""
 
 
 if __name__ == "__main__":
