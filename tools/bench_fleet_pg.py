@@ -228,7 +228,8 @@ def _line(engines: int, sets: int, instances: int, r: dict[str, Any], first: flo
         f"{r['completed']:,.0f} completed; wall {r['wall_s']:.1f} s (x{r['wall_s'] / first:.2f} "
         f"of the first run), {r['events']:,.0f} events, {r['events'] / r['wall_s']:,.0f} events/s, "
         f"{r['wall_s'] / (sets * instances) * 1e6:,.0f} µs per instance, peak RSS per engine "
-        f"{r['peak_rss_mib']:,.0f} MiB{_each(r)}, hash chain {'intact' if r['chain_ok'] else 'BROKEN'}, "
+        f"{r['peak_rss_mib']:,.0f} MiB{_each(r)}, "
+        f"hash chain {'intact' if r['chain_ok'] else 'BROKEN'}, "
         f"fence audit {'clean' if r['audit_ok'] else 'FAILED'}"
     )
 
