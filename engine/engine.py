@@ -37,7 +37,7 @@ from engine.domain.model import ScaleSetSpec, StartedBy, scale_set_key, version_
 from engine.domain.scale_set import EngineSettings, OperationNotAllowedError, ScaleSetState
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
-from engine.fleet import Fleet
+from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext
@@ -110,6 +110,8 @@ class Engine:
             UpgradeSlots(clock, self.settings.max_concurrent_upgrades), self._notify,
             ownership.engine_id if ownership is not None else None,
         )  # fmt: skip
+        if isinstance(fleet, FleetWatch):  # e.g. a forced health: the worker looks again
+            fleet.watch(self._fleet_changed)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -309,6 +311,14 @@ class Engine:
             self._crashed[key] = error
             log.error("worker crashed", scale_set=key, error=repr(error))
         self._notify(key)
+
+    def _fleet_changed(self, key: str | None) -> None:
+        """A machine changed without the engine: the workers concerned look again (a
+        worker sleeping on the fleet's health forecast would otherwise miss it)."""
+        workers = self._workers.values() if key is None else [self._workers.get(key)]
+        for worker in workers:
+            if worker is not None:
+                worker.nudge()
 
     def _notify(self, key: str) -> None:
         event = self._changed.pop(key, None)

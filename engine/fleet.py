@@ -10,9 +10,10 @@ without reimaging an instance twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 from engine.domain.model import Health, ImageReference, ScaleSetSpec
 
@@ -58,4 +59,28 @@ class Fleet(Protocol):
 
     async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
         """Make sure these instances exist, each on its image version (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class FleetWatch(Protocol):
+    """Optional: a fleet whose machines can change by means other than the engine's calls
+    (a simulation's forced health); the engine's workers then look again at once."""
+
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        """Call ``changed(scale set key)`` (None: any set) on every such change."""
+        ...
+
+
+@runtime_checkable
+class HealthForecast(FleetWatch, Protocol):
+    """Optional: a fleet that knows when health signals will next change (simulations).
+
+    Lets the engine skip probes that could only see what it already recorded. Every
+    change the forecast cannot foresee must be reported through ``watch``, or the
+    engine would sleep through it.
+    """
+
+    def steady_until(self, spec: ScaleSetSpec, instance_ids: Sequence[str]) -> datetime:
+        """No signal of these instances changes before this time (by itself)."""
         ...

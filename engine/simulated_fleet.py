@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -23,6 +23,7 @@ from engine.domain.model import DataDisk, Health, ImageReference, ScaleSetSpec
 from engine.fleet import ReimageOutcome, RestoreOutcome
 
 DEFAULT_PROFILE = SimulationProfile(unhealthy_instance_percent=0, boot_seconds=30)
+_FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
@@ -55,6 +56,7 @@ class SimulatedFleet:
     _replayed: dict[tuple[str, str], tuple[str, datetime, int, int]] = field(
         default_factory=dict, repr=False
     )
+    _watchers: list[Callable[[str | None], None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.journal is not None and self.journal.exists():
@@ -95,10 +97,41 @@ class SimulatedFleet:
         self.profiles[version] = profile
         for machine in self.instances.values():  # boot times may have changed
             machine.timing = None
+        self._changed(None)
 
     def force_health(self, key: str, instance_id: str, health: Health) -> None:
         """Hold an instance at ``health`` until it is next reimaged or restored."""
         self._instance(key, instance_id).forced = health
+        self._changed(key)
+
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        """Be told of changes no forecast foresaw (``force_health``, ``set_profile``)."""
+        self._watchers.append(changed)
+
+    def _changed(self, key: str | None) -> None:
+        for watcher in self._watchers:
+            watcher(key)
+
+    def steady_until(self, spec: ScaleSetSpec, instance_ids: Sequence[str]) -> datetime:
+        """The earliest moment one of these machines finishes booting (health changes then).
+
+        Up, forced or missing machines keep their signal until something that is not
+        a time passing (a reimage, a forced health) changes it.
+        """
+        until = _FOREVER
+        if not spec.has_health_source:
+            return until
+        now, key, machines = self.clock.now(), spec.key, self.instances
+        for instance_id in instance_ids:
+            machine = machines.get((key, instance_id))
+            if machine is None or machine.forced is not None:
+                continue
+            timing = machine.timing
+            if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
+                timing = machine.timing = self._timing(key, instance_id, machine)
+            if now < timing[2] < until:
+                until = timing[2]
+        return until
 
     def instance(self, key: str, instance_id: str) -> SimulatedInstance:
         """The simulated machine (for tests and the HTTP API)."""

@@ -43,7 +43,7 @@ from engine.domain.scale_set import (
     start_upgrade,
 )
 from engine.domain.upgrade import UpgradeState, decide
-from engine.fleet import Fleet
+from engine.fleet import Fleet, HealthForecast
 from engine.slots import UpgradeSlots
 from events import EventStore, Fence, Metadata, RecordedEvent
 
@@ -93,6 +93,7 @@ class ScaleSetWorker:
         self._inbox: deque[_Request] = deque()
         self._wake = ctx.clock.signal()
         self._due: datetime | None = None  # the instant the last timed wait was for
+        self._forecast = ctx.fleet if isinstance(ctx.fleet, HealthForecast) else None
         self._log = log.bind(scale_set=key)
 
     # -- commands ------------------------------------------------------------------
@@ -355,11 +356,14 @@ class ScaleSetWorker:
         assert spec is not None
         now = self._decision_time()
         health: dict[str, Health] = {}
+        steady = None
         while True:
             needed = upgrade.health_needed()
             if any(i not in health for i in needed):  # one reading of all it needs
                 health = await self.ctx.fleet.read_health(spec, needed)
-            decision = decide(upgrade, health, now)
+                forecast = self._forecast
+                steady = forecast.steady_until(spec, needed) if forecast is not None else None
+            decision = decide(upgrade, health, now, steady)
             if not decision.events:
                 break
             await self.append_upgrade(*decision.events)

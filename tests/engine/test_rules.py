@@ -279,12 +279,11 @@ async def test_initializing_keeps_waiting_unknown_counts_as_unhealthy(
         await w.publish("1.1.0", boot_seconds=60)
         worker = await w.in_batch("i")
         w.fleet.force_health(key("i"), "0", forced)
-        started = w.clock.now()
-        await w.run_until(
-            lambda: worker.upgrade is None or w.clock.now() >= started + timedelta(seconds=400)
-        )
+        assert worker.upgrade is not None and worker.upgrade.request is not None
+        upgrade_id = worker.upgrade.request.upgrade_id
+        await w.clock.advance(400)  # past the 300 s deadline
         w.fleet.force_health(key("i"), "0", Health.HEALTHY)  # recovers after the deadline
-        upgrade = await w.finish("i")
+        upgrade = await w.finish("i", upgrade_id)
         assert upgrade.instances["0"].phase == phase
 
 

@@ -16,6 +16,9 @@ async def test_an_automatic_upgrade_completes_in_virtual_time() -> None:
         assert upgrade.status == UpgradeStatus.COMPLETED
         assert upgrade.started_at is not None and upgrade.ended_at is not None
         assert T0 < upgrade.started_at <= T0 + timedelta(hours=3)
-        assert upgrade.ended_at - upgrade.started_at == timedelta(minutes=5)  # 5 batches x 60 s
+        # 5 batches x 60 s boot; health is observed on the shared 5 s probe grid, so the
+        # first observation may come up to one interval after the boot
+        took = upgrade.ended_at - upgrade.started_at
+        assert timedelta(minutes=5) <= took < timedelta(minutes=5, seconds=5)
         versions = w.engine.scale_set(SUB, RG, "web").state.instance_versions
         assert set(versions.values()) == {"1.1.0"}

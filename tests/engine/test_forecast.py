@@ -1,0 +1,125 @@
+"""Skipping probes on the fleet's forecast changes nothing in the log, only the work.
+
+The same rollouts (healthy sets, a version on which instances fail and roll back, an
+extension-probed set, maintenance forcing instances unhealthy mid-batch) run twice: on
+the simulated fleet, whose ``steady_until`` lets workers sleep until the first probe
+that can see a change, and on the same fleet with the forecast hidden, where every probe
+is made. The two logs must be identical, event for event and instant for instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from engine.clock import VirtualClock
+from engine.domain.events import SimulationProfile
+from engine.domain.model import Health, HealthExtension, ImageReference, ScaleSetSpec
+from engine.engine import Engine
+from engine.fleet import HealthForecast, ReimageOutcome, RestoreOutcome
+from engine.simulated_fleet import SimulatedFleet
+from events import InMemoryEventStore
+from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
+
+
+class EveryProbe:
+    """The simulated fleet without its forecast: the engine probes on every grid point."""
+
+    inner: SimulatedFleet
+
+    def __init__(self, inner: SimulatedFleet) -> None:
+        self.inner = inner
+
+    async def reimage(
+        self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
+    ) -> ReimageOutcome:
+        return await self.inner.reimage(spec, instance_id, image, operation_id)
+
+    async def restore(
+        self, spec: ScaleSetSpec, instance_id: str, version: str, operation_id: str
+    ) -> RestoreOutcome:
+        return await self.inner.restore(spec, instance_id, version, operation_id)
+
+    async def read_health(
+        self, spec: ScaleSetSpec, instance_ids: Sequence[str]
+    ) -> dict[str, Health]:
+        return await self.inner.read_health(spec, instance_ids)
+
+    async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
+        await self.inner.provision(spec, versions)
+
+    def set_profile(self, version: str, profile: SimulationProfile) -> None:
+        self.inner.set_profile(version, profile)
+
+    def watch(self, changed: Callable[[str | None], None]) -> None:
+        self.inner.watch(changed)  # a forced health wakes the worker in both runs
+
+
+async def rollout(hide_forecast: bool) -> tuple[list[tuple[Any, ...]], int]:
+    """Run the rollouts; return the log and how many health readings the engine made."""
+    clock = VirtualClock(T0, autojump=False)
+    store = InMemoryEventStore(clock=clock)
+    simulated = SimulatedFleet(clock, seed=3)
+    readings = 0
+    read_health = simulated.read_health
+
+    async def counted(spec: ScaleSetSpec, ids: Sequence[str]) -> dict[str, Health]:
+        nonlocal readings
+        readings += 1
+        return await read_health(spec, ids)
+
+    simulated.read_health = counted  # type: ignore[method-assign]
+    fleet = EveryProbe(simulated) if hide_forecast else simulated
+    assert isinstance(fleet, HealthForecast) != hide_forecast
+    async with Engine(store=store, fleet=fleet, clock=clock) as engine:
+        await engine.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
+        extension = HealthExtension(grace_period_s=600)
+        for name, extra in (("web", {}), ("api", {}), ("ext", {"extension": extension})):
+            await engine.create_or_update_scale_set(spec(name, 20, **extra))
+        profile = SimulationProfile(unhealthy_instance_percent=10, boot_seconds=95)
+        await engine.publish_image_version(LOCATION, *UBUNTU, "1.1.0", profile)
+        await step_until(clock, lambda: mid_batch(engine, "api"))
+        api = engine.scale_set(SUB, RG, "api").upgrade
+        assert api is not None
+        for instance in ("0", "1", "2", "3"):  # maintenance the engine did not cause
+            simulated.force_health("sub-1/rg-1/api", instance, Health.UNHEALTHY)
+        for instance in api.batch:  # booting now, said healthy early (simulateHealth)
+            simulated.force_health("sub-1/rg-1/api", instance, Health.HEALTHY)
+        for name in ("web", "api", "ext"):
+            await step_until(clock, lambda n=name: finished(engine, n))  # type: ignore[misc]
+        await engine.durable()
+    log = [
+        (r.stream_id, r.type, r.data, r.occurred_at) for r in await store.read_all(limit=1_000_000)
+    ]
+    return log, readings
+
+
+def mid_batch(engine: Engine, name: str) -> bool:
+    upgrade = engine.scale_set(SUB, RG, name).upgrade
+    return upgrade is not None and upgrade.processed >= 4 and not upgrade.batch_done
+
+
+def finished(engine: Engine, name: str) -> bool:
+    worker = engine.scale_set(SUB, RG, name)
+    return bool(worker.state.upgrades) and worker.upgrade is None
+
+
+async def step_until(clock: VirtualClock, done: Callable[[], bool]) -> None:
+    await clock.wait_quiet()
+    for _ in range(50_000):
+        if done():
+            return
+        assert await clock.step(), "nothing left to happen"
+    raise AssertionError("not reached")
+
+
+async def test_skipping_forecast_quiet_probes_leaves_the_log_unchanged() -> None:
+    every_probe, probed = await rollout(hide_forecast=True)
+    forecast, skipped = await rollout(hide_forecast=False)
+    types = {t for _, t, _, _ in every_probe}
+    assert {"upgrade.instance_events", "upgrade.batch_completed"} <= types
+    assert any("rolled_back" in str(d) or "health_timeout" in str(d) for _, _, d, _ in every_probe)
+    assert forecast == every_probe
+    assert skipped < probed / 3  # the same outcome from a third of the readings
+    assert every_probe[-1][3] - T0 > timedelta(minutes=10)
