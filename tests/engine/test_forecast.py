@@ -9,51 +9,27 @@ is made. The two logs must be identical, event for event and instant for instant
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
-from engine.domain.model import Health, HealthExtension, ImageReference, ScaleSetSpec
+from engine.domain.model import Health, HealthExtension, ScaleSetSpec
 from engine.engine import Engine
-from engine.fleet import HealthForecast, ReimageOutcome, RestoreOutcome
+from engine.fleet import HealthForecast
 from engine.simulated_fleet import SimulatedFleet
 from events import InMemoryEventStore
+from tests.engine.fleets import PassThroughFleet
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 
 
-class EveryProbe:
+class EveryProbe(PassThroughFleet):
     """The simulated fleet without its forecast: the engine probes on every grid point."""
 
-    inner: SimulatedFleet
-
-    def __init__(self, inner: SimulatedFleet) -> None:
-        self.inner = inner
-
-    async def reimage(
-        self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
-    ) -> ReimageOutcome:
-        return await self.inner.reimage(spec, instance_id, image, operation_id)
-
-    async def restore(
-        self, spec: ScaleSetSpec, instance_id: str, version: str, operation_id: str
-    ) -> RestoreOutcome:
-        return await self.inner.restore(spec, instance_id, version, operation_id)
-
-    async def read_health(
-        self, spec: ScaleSetSpec, instance_ids: Sequence[str]
-    ) -> dict[str, Health]:
-        return await self.inner.read_health(spec, instance_ids)
-
-    async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
-        await self.inner.provision(spec, versions)
-
-    def set_profile(self, version: str, profile: SimulationProfile) -> None:
-        self.inner.set_profile(version, profile)
-
     def watch(self, changed: Callable[[str | None], None]) -> None:
-        self.inner.watch(changed)  # a forced health wakes the worker in both runs
+        """A forced health wakes the worker in both runs."""
+        self.inner.watch(changed)
 
 
 async def rollout(hide_forecast: bool) -> tuple[list[tuple[Any, ...]], int]:

@@ -65,15 +65,14 @@ from engine.domain.model import (
     Extension,
     Health,
     HealthExtension,
-    ImageReference,
     RollingUpgradePolicy,
     ScaleSetSpec,
     StartedBy,
 )
 from engine.engine import Engine
-from engine.fleet import ReimageOutcome, RestoreOutcome
 from engine.simulated_fleet import SimulatedFleet, SimulatedInstance
 from events import Fence, InMemoryEventStore, NewEvent, RecordedEvent
+from tests.engine.fleets import PassThroughFleet
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 
 T = TypeVar("T")
@@ -113,12 +112,11 @@ class Append:
 Journal = list[Read | Append]
 
 
-class JournalFleet:
+class JournalFleet(PassThroughFleet):
     """A simulated fleet, journaling every health read (the engine's only view of health)."""
 
     def __init__(self, inner: SimulatedFleet) -> None:
-        self.inner = inner
-        self.clock = inner.clock
+        super().__init__(inner)
         self.steps: Journal = []
 
     async def read_health(
@@ -128,26 +126,6 @@ class JournalFleet:
         health = await self.inner.read_health(spec, instance_ids)
         self.note(Read(dict(health)))
         return health
-
-    async def reimage(
-        self, spec: ScaleSetSpec, instance_id: str, image: ImageReference, operation_id: str
-    ) -> ReimageOutcome:
-        """See ``Fleet.reimage``."""
-        return await self.inner.reimage(spec, instance_id, image, operation_id)
-
-    async def restore(
-        self, spec: ScaleSetSpec, instance_id: str, version: str, operation_id: str
-    ) -> RestoreOutcome:
-        """See ``Fleet.restore``."""
-        return await self.inner.restore(spec, instance_id, version, operation_id)
-
-    async def provision(self, spec: ScaleSetSpec, versions: Mapping[str, str]) -> None:
-        """See ``Fleet.provision``."""
-        await self.inner.provision(spec, versions)
-
-    def set_profile(self, version: str, profile: SimulationProfile) -> None:
-        """See ``SimulationControl.set_profile``."""
-        self.inner.set_profile(version, profile)
 
     def note(self, entry: Read | Append) -> None:
         """Journal one step; stop a run that goes on for ever (a hang hides the example)."""
