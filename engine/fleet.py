@@ -62,6 +62,39 @@ class Fleet(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Reimage:
+    """One reimage of a batch (see ``Fleet.reimage``)."""
+
+    instance_id: str
+    image: ImageReference
+    operation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """One restore of a batch (see ``Fleet.restore``)."""
+
+    instance_id: str
+    version: str
+    operation_id: str
+
+
+@runtime_checkable
+class BatchFleet(Protocol):
+    """Optional: several operations on one scale set in one call.
+
+    Azure reimages a list of instance ids in one request; a simulation does the work in
+    one pass. Without it the engine makes one call per instance, concurrently.
+    """
+
+    async def apply(
+        self, spec: ScaleSetSpec, operations: Sequence[Reimage | Restore]
+    ) -> list[ReimageOutcome | RestoreOutcome]:
+        """Carry out ``operations``; one outcome each, in the same order."""
+        ...
+
+
 @runtime_checkable
 class FleetWatch(Protocol):
     """Optional: a fleet whose machines can change by means other than the engine's calls

@@ -20,7 +20,7 @@ import orjson
 from engine.clock import EngineClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import DataDisk, Health, ImageReference, ScaleSetSpec
-from engine.fleet import ReimageOutcome, RestoreOutcome
+from engine.fleet import Reimage, ReimageOutcome, Restore, RestoreOutcome
 
 DEFAULT_PROFILE = SimulationProfile(unhealthy_instance_percent=0, boot_seconds=30)
 _FOREVER = datetime.max.replace(tzinfo=UTC)
@@ -197,6 +197,20 @@ class SimulatedFleet:
         outcome = RestoreOutcome(ok=True)
         self._done("restore", operation_id, spec.key, instance_id, version, outcome)
         return outcome
+
+    async def apply(
+        self, spec: ScaleSetSpec, operations: Sequence[Reimage | Restore]
+    ) -> list[ReimageOutcome | RestoreOutcome]:
+        """A batch in one pass (no task per instance): each as ``reimage``/``restore``."""
+        outcomes: list[ReimageOutcome | RestoreOutcome] = []
+        for op in operations:
+            if isinstance(op, Reimage):
+                outcomes.append(await self.reimage(spec, op.instance_id, op.image, op.operation_id))
+            else:
+                outcomes.append(
+                    await self.restore(spec, op.instance_id, op.version, op.operation_id)
+                )
+        return outcomes
 
     def _boot(self, machine: SimulatedInstance, version: str) -> None:
         """A new OS disk on ``version``: the machine boots now, forced health is gone."""

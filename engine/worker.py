@@ -34,7 +34,7 @@ from engine.domain.events import (
     upgrade_stream,
 )
 from engine.domain.grouping import pack
-from engine.domain.model import Health, StartedBy
+from engine.domain.model import Health, ImageReference, ScaleSetSpec, StartedBy
 from engine.domain.scale_set import (
     EngineSettings,
     ScaleSetState,
@@ -43,7 +43,15 @@ from engine.domain.scale_set import (
     start_upgrade,
 )
 from engine.domain.upgrade import UpgradeState, decide
-from engine.fleet import Fleet, HealthForecast
+from engine.fleet import (
+    BatchFleet,
+    Fleet,
+    HealthForecast,
+    Reimage,
+    ReimageOutcome,
+    Restore,
+    RestoreOutcome,
+)
 from engine.slots import UpgradeSlots
 from events import EventStore, Fence, Metadata, RecordedEvent
 
@@ -94,6 +102,7 @@ class ScaleSetWorker:
         self._wake = ctx.clock.signal()
         self._due: datetime | None = None  # the instant the last timed wait was for
         self._forecast = ctx.fleet if isinstance(ctx.fleet, HealthForecast) else None
+        self._batch = ctx.fleet if isinstance(ctx.fleet, BatchFleet) else None
         self._log = log.bind(scale_set=key)
 
     # -- commands ------------------------------------------------------------------
@@ -382,23 +391,13 @@ class ScaleSetWorker:
         assert spec is not None and upgrade is not None and upgrade.request is not None
         upgrade_id = upgrade.request.upgrade_id
         target = upgrade.request.target
-
-        async def one(effect: InstanceReimageStarted | InstanceRollbackStarted) -> object:
-            if isinstance(effect, InstanceReimageStarted):
-                op = f"{upgrade_id}/{effect.instance_id}/reimage"
-                outcome = await self.ctx.fleet.reimage(spec, effect.instance_id, target, op)
-                if outcome.ok:
-                    return InstanceReimaged(
-                        effect.instance_id, target.version, outcome.failed_extensions
-                    )
-                return InstanceReimageFailed(effect.instance_id, outcome.error)
-            op = f"{upgrade_id}/{effect.instance_id}/restore"
-            restored = await self.ctx.fleet.restore(spec, effect.instance_id, effect.to_version, op)
-            if restored.ok:
-                return InstanceRolledBack(effect.instance_id, effect.to_version)
-            return InstanceRollbackFailed(effect.instance_id, restored.error)
-
-        results = await asyncio.gather(*(one(e) for e in effects))
+        operations = [_operation(effect, upgrade_id, target) for effect in effects]
+        if self._batch is not None:  # one call for the whole batch
+            outcomes = await self._batch.apply(spec, operations)
+        else:  # one call per instance, all at once
+            fleet = self.ctx.fleet
+            outcomes = await asyncio.gather(*(_one(fleet, spec, op) for op in operations))
+        results = (_result(op, out) for op, out in zip(operations, outcomes, strict=True))
         await self.append_upgrade(*results)
 
     async def _finish_upgrade(self, upgrade: UpgradeState) -> None:
@@ -430,3 +429,35 @@ class ScaleSetWorker:
         else:
             self._log = self._log.bind(upgrade_id=upgrade_id)
             structlog.contextvars.bind_contextvars(upgrade_id=upgrade_id)
+
+
+def _operation(
+    effect: InstanceReimageStarted | InstanceRollbackStarted,
+    upgrade_id: str,
+    target: ImageReference,
+) -> Reimage | Restore:
+    """The fleet call an intent asks for; its id makes a repeated call a no-op."""
+    if isinstance(effect, InstanceReimageStarted):
+        return Reimage(effect.instance_id, target, f"{upgrade_id}/{effect.instance_id}/reimage")
+    op = f"{upgrade_id}/{effect.instance_id}/restore"
+    return Restore(effect.instance_id, effect.to_version, op)
+
+
+async def _one(
+    fleet: Fleet, spec: ScaleSetSpec, op: Reimage | Restore
+) -> ReimageOutcome | RestoreOutcome:
+    if isinstance(op, Reimage):
+        return await fleet.reimage(spec, op.instance_id, op.image, op.operation_id)
+    return await fleet.restore(spec, op.instance_id, op.version, op.operation_id)
+
+
+def _result(op: Reimage | Restore, outcome: ReimageOutcome | RestoreOutcome) -> object:
+    """The event recording how a fleet call went."""
+    if isinstance(op, Reimage):
+        assert isinstance(outcome, ReimageOutcome)
+        if outcome.ok:
+            return InstanceReimaged(op.instance_id, op.image.version, outcome.failed_extensions)
+        return InstanceReimageFailed(op.instance_id, outcome.error)
+    if outcome.ok:
+        return InstanceRolledBack(op.instance_id, op.version)
+    return InstanceRollbackFailed(op.instance_id, outcome.error)

@@ -1,10 +1,12 @@
-"""Skipping probes on the fleet's forecast changes nothing in the log, only the work.
+"""A fleet's optional features change nothing in the log, only the work.
 
 The same rollouts (healthy sets, a version on which instances fail and roll back, an
 extension-probed set, maintenance forcing instances unhealthy mid-batch) run twice: on
 the simulated fleet, whose ``steady_until`` lets workers sleep until the first probe
-that can see a change, and on the same fleet with the forecast hidden, where every probe
-is made. The two logs must be identical, event for event and instant for instant.
+that can see a change and whose ``apply`` carries out a batch in one call, and on the
+same fleet behind the plain ``Fleet`` protocol, where every probe is made and every
+instance gets its own call. The two logs must be identical, event for event and instant
+for instant.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import Health, HealthExtension, ScaleSetSpec
 from engine.engine import Engine
-from engine.fleet import HealthForecast
+from engine.fleet import BatchFleet, HealthForecast
 from engine.simulated_fleet import SimulatedFleet
 from events import InMemoryEventStore
 from tests.engine.fleets import PassThroughFleet
@@ -25,7 +27,7 @@ from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 
 
 class EveryProbe(PassThroughFleet):
-    """The simulated fleet without its forecast: the engine probes on every grid point."""
+    """The simulated fleet without forecast or batches: every probe, one call per instance."""
 
     def watch(self, changed: Callable[[str | None], None]) -> None:
         """A forced health wakes the worker in both runs."""
@@ -48,6 +50,7 @@ async def rollout(hide_forecast: bool) -> tuple[list[tuple[Any, ...]], int]:
     simulated.read_health = counted  # type: ignore[method-assign]
     fleet = EveryProbe(simulated) if hide_forecast else simulated
     assert isinstance(fleet, HealthForecast) != hide_forecast
+    assert isinstance(fleet, BatchFleet) != hide_forecast
     async with Engine(store=store, fleet=fleet, clock=clock) as engine:
         await engine.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
         extension = HealthExtension(grace_period_s=600)
