@@ -78,6 +78,7 @@ MAX_GROUP_EVENTS = 5000
 DEFAULT_SCHEMA = "osupgrade"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,53}")  # leaves room for "_events" channel
 _FAR = 2**62
+_FAST_TRIES = 3  # one-round-trip attempts before the locked path, when others append
 
 log = structlog.get_logger("osupgrade.events.postgres")
 
@@ -227,6 +228,10 @@ class _Sql:
         )
         self.tail = f"SELECT position, hash FROM {s}.events ORDER BY position DESC LIMIT 1"
         self.next_key = f"SELECT coalesce(max(stream_key), 0) + 1 FROM {s}.streams"
+        self.tail_and_next_key = (  # one round trip, no lock: a hint to plan again from
+            f"SELECT t.position, t.hash, ({self.next_key}) FROM (SELECT 1) AS one "
+            f"LEFT JOIN LATERAL ({self.tail}) AS t ON true"
+        )
         self.head = f"SELECT coalesce(max(position), 0) FROM {s}.events"
         self.append_group = (
             f"SELECT {s}.append_group({LOCK_CLASS}, {lock_key}, '{self.channel}', $1, $2,"
@@ -612,11 +617,31 @@ class PostgresEventStore:
         appends after that read, the log's tail moves and ``append_group`` refuses the
         plan. Fences change only with appends, so cached ones are exact whenever the
         tail is; ``append_group`` checks them anyway, under the lock, before writing.
+
+        When another process appended meanwhile (engines sharing the log), the new tail
+        is read without the lock and the group planned again, up to ``_FAST_TRIES``
+        times, instead of taking the locked path (about seven round trips with the lock
+        held). The caches are kept: leases keep engines on their own streams, and a
+        version that is stale after all fails on the unique ``(stream, version)`` index,
+        after which the group is redone on the careful path.
         """
+        for _ in range(_FAST_TRIES):
+            outcome = await self._try_fast(conn, group)
+            if outcome == "locked path":
+                return None
+            if outcome != "moved":
+                return outcome
+            await self._refresh_tail(conn)
+        return None
+
+    async def _try_fast(
+        self, conn: asyncpg.Connection, group: list[Append]
+    ) -> GroupPlan | Literal["moved", "locked path"]:
+        """One attempt: the committed plan, or why there is none."""
         versions = await self._load_versions(conn, {item.stream_id for item in group})
         fences = await self._load_fences(conn, fence_scopes(group), fresh=False)
         if conflicts(group, versions) or fenced_out(group, fences):
-            return None  # real, a retry or a stale cache: only the careful path can tell
+            return "locked path"  # real, a retry or a stale cache: only it can tell
         plan = self._plan(group, versions, fences, {})
         keys, names = zip(*plan.new_streams, strict=True) if plan.new_streams else ((), ())
         columns = [list(column) for column in zip(*plan.rows, strict=True)]
@@ -629,11 +654,22 @@ class PostgresEventStore:
         if tail == -2:
             self._log.warning("fences changed without an append; planning under the lock")
             self._fences.clear()
-            return None
+            return "locked path"
+        if tail == -1:
+            return "locked path"  # same position, other hash: only it can tell why
         if tail != self._head:
             self._log.debug("log advanced by another writer", ours=self._head, found=tail)
-            return None
+            return "moved"
         return plan
+
+    async def _refresh_tail(self, conn: asyncpg.Connection) -> None:
+        """Plan from the log's current end next time (read without the lock)."""
+        row = await conn.fetchrow(self._sql.tail_and_next_key)
+        assert row is not None
+        position, digest, next_key = row
+        self._head = 0 if position is None else position
+        self._last_hash = GENESIS_HASH if position is None else digest
+        self._next_key = int(next_key)
 
     async def _locked_plan(
         self, conn: asyncpg.Connection, group: list[Append], *, careful: bool

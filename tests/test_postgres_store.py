@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from events import (
+    ConcurrencyError,
     CorruptStoreError,
     EventStoreError,
     Fence,
@@ -161,6 +162,40 @@ async def test_reopen_continues_the_log_and_the_chain(make: Factory) -> None:
         assert [e.data["n"] for e in await store.read_all()] == [1, 2, 3, 4, 5]
         report = await store.verify()
     assert (report.ok, report.checked) == (True, 5)
+
+
+async def test_after_a_foreign_append_the_group_is_planned_again_without_the_lock(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make() as a, make() as b:
+        await a.append("a", [ev(1)], 0)
+        await b.append("b", [ev(2)], 0)  # another process: a's cached tail is stale now
+        await b.append("new-stream", [ev(3)], 0)  # ... and so is its next stream key
+        locked = 0
+        original = a._locked_plan  # counting which path a group takes
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal locked
+            locked += 1
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(a, "_locked_plan", counting)
+        assert await a.append("a", [ev(4)], 1) == [4]
+        assert await a.append("c", [ev(5)], 0) == [5]  # a new stream: key after b's
+        assert locked == 0  # re-planned from the new tail, one round trip each
+        assert [e.stream_version for e in await a.read_stream("a")] == [1, 2]
+        assert (await a.verify()).ok
+
+
+async def test_a_stale_cached_version_is_caught_and_redone_carefully(make: Factory) -> None:
+    async with make() as a, make() as b:
+        await a.append("s", [ev(1)], 0)  # a caches version 1
+        await b.append("s", [ev(2)], 1)  # b (a new owner) writes the same stream
+        with pytest.raises(ConcurrencyError):
+            await a.append("s", [ev(3)], 1)  # a's worker still thinks version 1
+        assert await a.append("s", [ev(4)], None) == [3]  # any version: appended at 3
+        assert [e.data["n"] for e in await a.read_stream("s")] == [1, 2, 4]
+        assert (await a.verify()).ok
 
 
 async def test_engines_starting_together_create_the_schema_once(make: Factory) -> None:
