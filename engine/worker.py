@@ -274,7 +274,7 @@ class ScaleSetWorker:
             await self._wake.wait()
         else:
             await self.ctx.clock.sleep_until(until, self._wake)
-            self._due = until
+            self._due = None if self._wake.is_set() else until  # woken by the time, not early
 
     def _decision_time(self) -> datetime:
         """The instant to decide at: the one slept until, if the worker woke for it.
