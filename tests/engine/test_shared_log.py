@@ -225,3 +225,35 @@ async def test_a_failing_lease_step_is_retried_on_the_next_round() -> None:
     # two failed rounds, one to join, then the claim
     assert cluster.clock.now() - T0 == timedelta(seconds=3 * RENEW)
     await cluster.stop()
+
+
+async def test_a_stopping_engine_hands_its_sets_over_at_the_next_lease_step() -> None:
+    cluster = Cluster()
+    await cluster.start(count=2, sets=10)
+    leaving, staying = cluster.engines
+
+    async def leaving_mid_rollout() -> bool:
+        return any(w.upgrade is not None for w in leaving._workers.values())
+
+    await cluster.publish("1.1.0")
+    await cluster.run_until(leaving_mid_rollout)
+    handed = owned(leaving)
+    stopped_at = cluster.clock.now()
+    await leaving.stop()  # graceful: decided work committed, leases released
+
+    async def all_done() -> bool:
+        return len(await cluster.finished()) == 10
+
+    await cluster.run_until(all_done)
+    records = await cluster.log()
+    taken = {
+        r.stream_id.removeprefix("vmss-"): r.occurred_at
+        for r in records
+        if r.type == "scaleset.lease_acquired" and r.occurred_at >= stopped_at
+    }
+    assert handed and handed <= set(taken)
+    assert max(taken[k] for k in handed) - stopped_at <= timedelta(seconds=RENEW)  # not TTL
+    assert set((await cluster.finished()).values()) == {"Completed"}
+    assert audit_fences(records).ok
+    cluster.engines = [staying]
+    await cluster.stop()
