@@ -61,6 +61,10 @@ class ScaleSetNotFoundError(LookupError):
 class NotOwnedHereError(RuntimeError):
     """The scale set exists but another engine sharing the log drives it."""
 
+    def __init__(self, key: str) -> None:
+        super().__init__(f"scale set {key} is driven by another engine")
+        self.key = key
+
 
 class WorkerCrashedError(RuntimeError):
     """A scale set worker stopped with an unexpected error."""
@@ -418,7 +422,7 @@ class Engine:
         stream = scale_set_stream(spec.key)
         expected = await self.store.stream_version(stream)
         if self.ownership is not None and expected and await self._exists_in_log(stream):
-            raise NotOwnedHereError(f"scale set {spec.key} is driven by another engine")
+            raise NotOwnedHereError(spec.key)
         event = ScaleSetCreated(spec, versions)
         new = DOMAIN_EVENTS.to_new_event(
             event,
@@ -635,7 +639,7 @@ class Engine:
         """
         worker = self._workers.get(key)
         if worker is None and self.ownership is not None and key in self._known:
-            raise NotOwnedHereError(f"scale set {key} is driven by another engine")
+            raise NotOwnedHereError(key)
         if worker is None or worker.state.deleted:
             return None
         if key not in self._tasks:

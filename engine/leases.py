@@ -57,6 +57,14 @@ class LeaseBoard(Protocol):
         """Every lease's current owner (None when free or expired), for operators and tests."""
         ...
 
+    async def announce(self, engine_id: str, url: str) -> None:
+        """Say where this engine takes requests (its HTTP API's base URL)."""
+        ...
+
+    async def owner_url(self, key: str) -> str | None:
+        """The base URL of the engine driving ``key`` now (None: no live owner, or no URL)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Holdings:
@@ -86,6 +94,7 @@ class MemoryLeaseBoard:
     ttl_s: float = 15.0
     _leases: dict[str, _Lease] = field(default_factory=dict)
     _heartbeats: dict[str, datetime] = field(default_factory=dict)
+    _urls: dict[str, str] = field(default_factory=dict)
 
     async def add(self, keys: Collection[str]) -> None:
         """Make sure a lease exists for each key (new ones start free)."""
@@ -136,6 +145,15 @@ class MemoryLeaseBoard:
         """Every lease's current owner (None when free or expired)."""
         now = self.now()
         return {k: (v.owner if _alive(v, now) else None) for k, v in self._leases.items()}
+
+    async def announce(self, engine_id: str, url: str) -> None:
+        """Say where this engine takes requests."""
+        self._urls[engine_id] = url
+
+    async def owner_url(self, key: str) -> str | None:
+        """The base URL of the engine driving ``key`` now."""
+        owner = (await self.owners()).get(key)
+        return None if owner is None else self._urls.get(owner)
 
 
 def _alive(lease: _Lease, now: datetime) -> bool:

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS {s}.engines (
     engine_id    text PRIMARY KEY,
     heartbeat_at timestamptz NOT NULL
 );
+ALTER TABLE {s}.engines ADD COLUMN IF NOT EXISTS url text;
 CREATE TABLE IF NOT EXISTS {s}.leases (
     scale_set  text PRIMARY KEY,
     owner      text,
@@ -114,8 +115,8 @@ class PostgresLeaseBoard:
         leases, engines = self._t("leases"), self._t("engines")
         async with self._conn().acquire() as conn, conn.transaction():
             await conn.execute(
-                f"INSERT INTO {engines} VALUES ($1, clock_timestamp()) ON CONFLICT (engine_id) "
-                "DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                f"INSERT INTO {engines} (engine_id, heartbeat_at) VALUES ($1, clock_timestamp()) "
+                "ON CONFLICT (engine_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
                 engine_id,
             )
             renewed = await conn.fetch(
@@ -170,6 +171,23 @@ class PostgresLeaseBoard:
             f"FROM {self._t('leases')}"
         )
         return {r["scale_set"]: r["owner"] for r in rows}
+
+    async def announce(self, engine_id: str, url: str) -> None:
+        """Say where this engine takes requests (kept across heartbeats)."""
+        await self._conn().execute(
+            f"INSERT INTO {self._t('engines')} (engine_id, heartbeat_at, url) "
+            "VALUES ($1, clock_timestamp(), $2) ON CONFLICT (engine_id) DO UPDATE SET url = $2",
+            engine_id, url,
+        )  # fmt: skip
+
+    async def owner_url(self, key: str) -> str | None:
+        """The base URL of the engine driving ``key`` now."""
+        url: str | None = await self._conn().fetchval(
+            f"SELECT e.url FROM {self._t('leases')} l JOIN {self._t('engines')} e "
+            "ON e.engine_id = l.owner WHERE l.scale_set = $1 AND l.expires_at > clock_timestamp()",
+            key,
+        )
+        return url
 
     async def shared_clock(self, speed: float, start: datetime) -> RealClock:
         """The engines' common clock: the first engine's origin, kept by every later one.

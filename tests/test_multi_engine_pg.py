@@ -89,8 +89,10 @@ async def spread(board: PostgresLeaseBoard) -> None:
         await asyncio.sleep(0.2)  # another process's table: there is nothing to wait on
 
 
-async def any_server_reads_every_set(url: str, pid: int, owners: dict[str, str | None]) -> None:
-    """Reads of a set another server drives come from the log; commands are refused."""
+async def any_server_serves_every_set(
+    url: str, pid: int, owners: dict[str, str | None], store: PostgresEventStore
+) -> None:
+    """Reads of a set another server drives come from the log; commands are forwarded."""
     elsewhere = next(k for k, o in owners.items() if o is not None and f"-{pid}-" not in o)
     sub, rg, name = elsewhere.split("/")
     path = (
@@ -98,14 +100,25 @@ async def any_server_reads_every_set(url: str, pid: int, owners: dict[str, str |
         f"/virtualMachineScaleSets/{name}"
     )
     query = {"api-version": API}
+    started = await store.stream_version(f"vmss-{elsewhere}")
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": "Bearer t"}) as http:
         model = await http.get(path, params=query)
         instances = await http.get(f"{path}/virtualMachines", params=query)
+        cancel = await http.post(f"{path}/rollingUpgrades/cancel", params=query)
         start = await http.post(f"{path}/osRollingUpgrade", params=query)
+        unauthorised = await http.post(
+            f"{path}/osRollingUpgrade", params=query, headers={"Authorization": "Bearer x"}
+        )
     assert model.status_code == 200 and model.json()["name"] == name
     assert {i["properties"]["storageProfile"]["imageReference"]["exactVersion"]
             for i in instances.json()["value"]} == {"1.1.0"}  # fmt: skip
-    assert start.status_code == 409 and "another engine" in start.json()["error"]["message"]
+    # the owner's own refusal comes back through the forwarding server
+    assert cancel.status_code == 409, cancel.text
+    assert "no ongoing Rolling Upgrade" in cancel.json()["error"]["message"]
+    assert start.status_code == 202, start.text  # forwarded to the owner, who started it
+    assert "azure-asyncoperation" in start.headers
+    assert unauthorised.status_code == 401  # checked before anything is forwarded
+    assert await store.stream_version(f"vmss-{elsewhere}") > started
 
 
 async def mid_rollout(store: PostgresEventStore) -> set[str]:
@@ -190,7 +203,7 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
                 taken = await takeovers(store, kill_position, victim_sets)
             records = await store.read_all(limit=10_000_000)
             survivor, url = next((p, url) for p, url in servers if p is not victim)
-            await any_server_reads_every_set(url, survivor.pid, await board.owners())
+            await any_server_serves_every_set(url, survivor.pid, await board.owners(), store)
     finally:
         await drop(dsn, schema, leases_schema(schema))
     assert {e.data["status"] for e in finished} == {"Completed"}

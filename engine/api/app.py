@@ -24,6 +24,7 @@ from engine.api.errors import (
     not_found,
     scale_set_not_found,
 )
+from engine.api.forward import forward
 from engine.api.operations import (
     OperationRef,
     is_done,
@@ -50,7 +51,7 @@ from engine.api.resources import render_image_version, render_instance, render_s
 from engine.api.service import ApiService
 from engine.domain.model import ScaleSetSpec
 from engine.domain.scale_set import ScaleSetState
-from engine.engine import ScaleSetNotFoundError
+from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
@@ -102,6 +103,8 @@ class Resource:
             return await handler(request, self.service)
         except Exception as exc:
             error = from_domain(exc)
+            if isinstance(exc, NotOwnedHereError) and error is not None:
+                return await forward(self.service, request, exc.key, error)
             if error is not None:
                 return error.response()
             log.exception(

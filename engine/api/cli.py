@@ -54,6 +54,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         "--lease-renew", type=float, default=5.0, metavar="SECONDS", help="lease renewal period"
     )
     serve.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="PostgreSQL: where the other servers forward commands for this server's sets "
+        "(default: the bound address)",
+    )
+    serve.add_argument(
         "--first-rollout-max-delay",
         type=int,
         default=3 * 3600,
@@ -89,6 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
         pg_schema=args.pg_schema, lease_ttl_s=args.lease_ttl, lease_renew_s=args.lease_renew,
+        advertise_url=args.advertise_url,
         engine=EngineSettings(
             first_rollout_max_delay_s=args.first_rollout_max_delay,
             new_version_min_delay_s=args.new_version_delay[0],
@@ -130,6 +137,9 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def _check_timing(args: argparse.Namespace) -> str | None:
+    url = args.advertise_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        return "--advertise-url must start with http:// or https://"
     if not 0 < 2 * args.lease_renew < args.lease_ttl:
         return "--lease-renew must be > 0 and under half of --lease-ttl"
     if args.first_rollout_max_delay < 0:

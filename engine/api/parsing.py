@@ -126,6 +126,8 @@ async def read_body(request: Request) -> bytes:
 
     Read chunk by chunk, so an oversized or endless body is never held in memory.
     """
+    if "osupgrade.body" in request.scope:
+        return bytes(request.scope["osupgrade.body"])
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large()
@@ -136,7 +138,9 @@ async def read_body(request: Request) -> bytes:
         if size > MAX_BODY_BYTES:
             raise _too_large()
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request.scope["osupgrade.body"] = body  # kept for forwarding to another server
+    return body
 
 
 def _too_large() -> ApiError:

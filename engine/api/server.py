@@ -83,6 +83,7 @@ class ApiServer:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             self.base_url = f"{scheme}://{shown}:{port}"
+            await service.announce(settings.advertise_url or _reachable(self.base_url, host))
             config = uvicorn.Config(
                 build_app(service, settings.tokens),
                 log_config=None,
@@ -109,6 +110,14 @@ class ApiServer:
         self._stop_requested = True
         if self._server is not None:
             self._server.should_exit = True
+
+
+def _reachable(url: str, host: str) -> str:
+    """``url`` as other machines can use it: a wildcard address becomes the host name."""
+    if host in ("0.0.0.0", "::"):  # the wildcard: not an address to connect to
+        shown = f"[{host}]" if ":" in host else host
+        return url.replace(f"//{shown}:", f"//{socket.gethostname()}:", 1)
+    return url
 
 
 def _bind(host: str, port: int) -> socket.socket:

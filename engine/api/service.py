@@ -56,6 +56,7 @@ class ServeSettings:
     pg_schema: str = "osupgrade"  # the PostgreSQL schema holding the log and projections
     lease_ttl_s: float = 15.0  # engines sharing PostgreSQL: a dead one's sets move after this
     lease_renew_s: float = 5.0
+    advertise_url: str | None = None  # how other servers reach this one (default: bound URL)
 
     @property
     def shared(self) -> bool:
@@ -102,6 +103,12 @@ class ApiService:
         """The virtual clock, if the server runs on one."""
         clock = self.engine.clock
         return clock if isinstance(clock, VirtualClock) else None
+
+    async def announce(self, url: str) -> None:
+        """Tell the other servers on this log where to forward commands for our sets."""
+        own = self.engine.ownership
+        if own is not None:
+            await own.board.announce(own.engine_id, url)
 
     async def projected(self) -> None:
         """Wait until the projection has folded everything in the log now.

@@ -151,3 +151,13 @@ async def test_joining_without_claiming_counts_for_the_fair_share(env: Env) -> N
     await env.board.renew_and_claim("b", claim=False)
     a = await env.board.renew_and_claim("a")
     assert len(a.held) == 5 and a.share == 5  # "b" counts before it claimed anything
+
+
+async def test_the_owner_of_a_set_is_reached_at_its_announced_url(env: Env) -> None:
+    await env.board.add(KEYS[:2])
+    await env.board.announce("a", "http://a.example:8080")
+    await env.board.renew_and_claim("a")  # heartbeats keep the URL
+    assert await env.board.owner_url(KEYS[0]) == "http://a.example:8080"
+    assert await env.board.owner_url("not-a-set") is None
+    await env.age()
+    assert await env.board.owner_url(KEYS[0]) is None  # expired: nobody to forward to
