@@ -69,7 +69,7 @@ from events.head_watch import HeadWatch
 from events.registry import EventRegistry
 from events.store import ProgressCallback
 from events.subscription import Subscription
-from events.verify import ChainVerifier, VerifyReport
+from events.verify import VerifyReport, verify_paged
 
 APPLICATION = "osupgrade-event-log"
 SCHEMA_VERSION = 2  # v2: fences, and append_group() checks and records them
@@ -893,20 +893,12 @@ class PostgresEventStore:
 
     async def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
         """See ``EventStore.verify``; reads the raw rows in pages of 5,000."""
-        total = await self.head()
-        verifier = ChainVerifier()
-        after = 0
-        while True:
+
+        async def page(after: int) -> list[Any]:
             async with self._reader() as conn:
-                page: list[Any] = await conn.fetch(self._sql.raw, after)
-            if not page:
-                break
-            if not verifier.feed(tuple(r) for r in page):
-                break
-            after = page[-1][0]
-            if progress is not None:
-                progress(verifier.checked, total)
-        report = verifier.report()
+                return [tuple(r) for r in await conn.fetch(self._sql.raw, after)]
+
+        report = await verify_paged(page, await self.head(), progress)
         self._log.info("hash chain verified", ok=report.ok, checked=report.checked,
                        first_bad_position=report.first_bad_position)  # fmt: skip
         return report

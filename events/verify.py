@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from events.hashing import GENESIS_HASH, event_hash
@@ -77,3 +77,25 @@ class ChainVerifier:
             first_bad_position=self.first_bad_position,
             problem=self.problem,
         )
+
+
+async def verify_paged(
+    read_page: Callable[[int], Awaitable[Sequence[StoredRow]]],
+    total: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Walk the chain page by page (``read_page(after)``: the rows after a position).
+
+    The durable stores read their raw rows in pages so a log of any size is verified in
+    bounded memory; the walk stops at the first broken link.
+    """
+    verifier = ChainVerifier()
+    after = 0
+    while True:
+        page = await read_page(after)
+        if not page or not verifier.feed(page):
+            break
+        after = page[-1][0]
+        if progress is not None:
+            progress(verifier.checked, total)
+    return verifier.report()
