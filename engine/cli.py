@@ -2,8 +2,8 @@
 
 Sub-commands are thin: they parse arguments (argparse), call the library and print.
 ``demo`` runs a whole rollout on a fresh log; ``simulate`` runs what-if scenarios;
-``serve`` runs the ARM-compatible HTTP API; ``verify``/``audit verify``, ``events``,
-``status``, ``history`` and ``instances`` read an existing log.
+``serve`` runs the ARM-compatible HTTP API; ``verify``/``audit verify``, ``audit fences``,
+``events``, ``status``, ``history`` and ``instances`` read an existing log.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.api.cli import add_serve_command, run_serve
+from engine.cli_fences import run_audit_fences
 from engine.cli_read import (
     audit_verify,
     parse_as_of,
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check the hash chain and re-fold the log against stored projections"
     )
     audit_verify.add_argument("--db", type=Path, required=True)
+    audit_fences = audit_commands.add_parser(
+        "fences",
+        help="prove from the log that no scale set was driven by two engines at once",
+    )
+    audit_fences.add_argument("--db", required=True, help="SQLite file or postgresql:// DSN")
+    audit_fences.add_argument("--pg-schema", default="osupgrade", help="schema of the log")
 
     events = commands.add_parser("events", help="print the log as a timeline")
     events.add_argument("--db", type=Path, required=True)
@@ -99,12 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "simulate":
-            return run_simulate(args)
-        if args.command == "serve":
-            return run_serve(args)
+        status = _run_without_a_file(args)
+        if status is not None:
+            return status
         if not args.db.is_file():
             print(f"error: {args.db} does not exist", file=sys.stderr)
             return 2
@@ -118,6 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _run_without_a_file(args: argparse.Namespace) -> int | None:
+    """The commands that make their own log or take a DSN; None for the log readers."""
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "simulate":
+        return run_simulate(args)
+    if args.command == "serve":
+        return run_serve(args)
+    if args.command == "audit" and args.audit_command == "fences":
+        return run_audit_fences(args.db, args.pg_schema)
+    return None
 
 
 def _demo(args: argparse.Namespace) -> int:

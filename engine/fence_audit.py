@@ -45,29 +45,44 @@ class FenceAudit:
         return not self.problems
 
 
+class FenceAuditor:
+    """The audit, fed page by page (a log need not fit in memory)."""
+
+    def __init__(self) -> None:
+        self.audit = FenceAudit()
+        self._scopes: dict[str, _Scope] = {}
+        self._upgrade_of: dict[str, str] = {}  # upgrade stream -> scale set key
+        self._reimaged: dict[str, Counter[str]] = {}
+
+    def feed(self, records: Iterable[RecordedEvent]) -> None:
+        """Check the next records (in position order)."""
+        for record in records:
+            self.audit.events += 1
+            if record.stream_id.startswith("upgrade-"):
+                counts = self._reimaged.setdefault(record.stream_id, Counter())
+                for event in decode_all(record):
+                    if isinstance(event, InstanceReimaged):
+                        counts[event.instance_id] += 1
+            key = _scope(record, self._upgrade_of)
+            if key is not None:
+                _check_fence(self.audit, self._scopes.setdefault(key, _Scope()), key, record)
+
+    def result(self) -> FenceAudit:
+        """The audit of everything fed so far."""
+        self.audit.scale_sets = len(self._scopes)
+        for stream, counts in self._reimaged.items():
+            twice = sorted(i for i, n in counts.items() if n > 1)
+            problem = f"{stream}: instances reimaged twice: {twice[:5]}"
+            if twice and problem not in self.audit.problems:
+                self.audit.problems.append(problem)
+        return self.audit
+
+
 def audit_fences(records: Iterable[RecordedEvent]) -> FenceAudit:
     """Check the ownership rules over ``records`` (the whole log, in position order)."""
-    audit = FenceAudit()
-    scopes: dict[str, _Scope] = {}
-    upgrade_of: dict[str, str] = {}  # upgrade stream -> scale set key
-    reimaged: dict[str, Counter[str]] = {}
-    for record in records:
-        audit.events += 1
-        key = _scope(record, upgrade_of)
-        if key is None:
-            continue
-        _check_fence(audit, scopes.setdefault(key, _Scope()), key, record)
-        if record.stream_id.startswith("upgrade-"):
-            counts = reimaged.setdefault(record.stream_id, Counter())
-            for event in decode_all(record):
-                if isinstance(event, InstanceReimaged):
-                    counts[event.instance_id] += 1
-    audit.scale_sets = len(scopes)
-    for stream, counts in reimaged.items():
-        twice = sorted(i for i, n in counts.items() if n > 1)
-        if twice:
-            audit.problems.append(f"{stream}: instances reimaged twice: {twice[:5]}")
-    return audit
+    auditor = FenceAuditor()
+    auditor.feed(records)
+    return auditor.result()
 
 
 def _scope(record: RecordedEvent, upgrade_of: dict[str, str]) -> str | None:

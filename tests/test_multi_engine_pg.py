@@ -202,6 +202,12 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
                 finished = await wait_for_events(store, "scaleset.upgrade_finished", SETS)
                 taken = await takeovers(store, kill_position, victim_sets)
             records = await store.read_all(limit=10_000_000)
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "engine.cli", "audit", "fences", "--db", dsn,
+                "--pg-schema", schema, cwd=ROOT, stdout=PIPE,
+            )  # fmt: skip
+            verdict = (await cli.communicate())[0].decode()
+            assert cli.returncode == 0 and "no scale set was driven by two engines" in verdict
             survivor, url = next((p, url) for p, url in servers if p is not victim)
             await any_server_serves_every_set(url, survivor.pid, await board.owners(), store)
     finally:

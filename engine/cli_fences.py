@@ -1,0 +1,52 @@
+"""``osupgrade audit fences``: did any scale set ever have two drivers? Ask the log.
+
+Reads the whole log (SQLite file or PostgreSQL DSN) page by page and runs
+``engine.fence_audit`` over it. Exit 0 when the log proves single ownership, 1 with the
+first problems when it does not, 2 when the log cannot be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from engine.api.service import is_postgres_dsn, redacted
+from engine.fence_audit import FenceAuditor
+from events import PostgresEventStore, SQLiteEventStore
+
+PAGE = 5000
+
+
+def run_audit_fences(db: str, pg_schema: str) -> int:
+    """Open the log ``db`` names, audit it, print the verdict; return the exit status."""
+    store: SQLiteEventStore | PostgresEventStore
+    if is_postgres_dsn(db):
+        store = PostgresEventStore(db, schema=pg_schema)
+    elif Path(db).is_file():
+        store = SQLiteEventStore(Path(db))
+    else:
+        print(f"error: {db} does not exist", flush=True)
+        return 2
+    return asyncio.run(_audit(store, db))
+
+
+async def _audit(store: SQLiteEventStore | PostgresEventStore, db: str) -> int:
+    auditor = FenceAuditor()
+    async with store:
+        after = 0
+        while page := await store.read_all(after=after, limit=PAGE):
+            auditor.feed(page)
+            after = page[-1].position
+    audit = auditor.result()
+    where = redacted(db)
+    if audit.ok:
+        print(
+            f"ok: {audit.events:,} events of {where}; {audit.scale_sets:,} scale sets, "
+            f"{audit.owners:,} ownerships ({audit.takeovers:,} takeovers): no scale set was "
+            "driven by two engines at once, no instance reimaged twice by one upgrade"
+        )
+        return 0
+    print(f"FAILED: {len(audit.problems):,} problems in {where}, the first:")
+    for problem in audit.problems[:10]:
+        print(f"  {problem}")
+    return 1
