@@ -41,7 +41,7 @@ from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext
-from events import EventStore, FencedError, Metadata, RecordedEvent
+from events import EventStore, FencedError, Metadata, RecordedEvent, StoreUnavailableError
 
 log = structlog.get_logger("osupgrade.engine")
 
@@ -52,6 +52,7 @@ _CATALOG_TYPES = [
     "gallery.version_replicated",
 ]
 _FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
+RESTART_MAX_S = 60  # longest pause before a worker stopped by an unreachable log restarts
 
 
 class ScaleSetNotFoundError(LookupError):
@@ -68,6 +69,10 @@ class NotOwnedHereError(RuntimeError):
 
 class WorkerCrashedError(RuntimeError):
     """A scale set worker stopped with an unexpected error."""
+
+
+class WorkerRestartingError(RuntimeError):
+    """The log could not be reached; the scale set's worker restarts shortly (retry)."""
 
 
 class EngineStalledError(RuntimeError):
@@ -108,6 +113,7 @@ class Engine:
         self._failures: list[BaseException] = []
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._known: set[str] = set()  # live scale sets of the log, driven here or not
+        self._restarting: dict[str, int] = {}  # key -> attempts, while the log is unreachable
         self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
@@ -292,6 +298,7 @@ class Engine:
 
     def _spawn(self, key: str, token: int | None = None) -> ScaleSetWorker:
         self._crashed.pop(key, None)
+        self._restarting.pop(key, None)
         worker = ScaleSetWorker(self._ctx, key, token)
         self._workers[key] = worker
         participation = self.clock.participant()  # counts now, before the task runs
@@ -304,10 +311,13 @@ class Engine:
 
     def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(key, None)
-        if not task.cancelled() and isinstance(task.exception(), FencedError):
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, FencedError):
             # another engine took the lease over while this one was slow: not a crash
-            log.warning("fenced off by a newer lease", scale_set=key, error=str(task.exception()))
+            log.warning("fenced off by a newer lease", scale_set=key, error=str(error))
             self._workers.pop(key, None)
+        elif isinstance(error, StoreUnavailableError):
+            self._restart_later(key, error)
         elif not task.cancelled() and task.exception() is not None:
             error = task.exception()
             assert error is not None
@@ -315,6 +325,35 @@ class Engine:
             self._crashed[key] = error
             log.error("worker crashed", scale_set=key, error=repr(error))
         self._notify(key)
+
+    def _restart_later(self, key: str, error: StoreUnavailableError) -> None:
+        """The log was unreachable: start the worker again from the log after a pause.
+
+        Nothing is lost: intents are committed before the fleet is touched, and a new
+        worker folds what was committed and decides the rest again, as after a restart
+        of the whole engine. The pause doubles per failed attempt (engine seconds, up to
+        a minute) and resets once a worker has loaded. With leases, the lease loop
+        starts it again at its next step instead.
+        """
+        worker = self._workers.get(key)
+        loaded = worker is not None and worker.loaded.is_set()
+        attempt = 0 if loaded else self._restarting.get(key, 0) + 1
+        self._restarting[key] = attempt
+        delay = min(RESTART_MAX_S, 2**attempt)
+        log.warning("log unreachable; worker restarts", scale_set=key, in_s=delay, error=str(error))
+        if self.ownership is not None:
+            return
+        participation = self.clock.participant()
+
+        async def restart() -> None:
+            async with participation:
+                await self.clock.sleep(delay)
+                if key in self._restarting and key not in self._tasks:
+                    self._spawn(key, None)
+
+        task = asyncio.create_task(restart(), name=f"restart:{key}")
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
 
     def _fleet_changed(self, key: str | None) -> None:
         """A machine changed without the engine: the workers concerned look again (a
@@ -576,9 +615,16 @@ class Engine:
         """
         key = scale_set_key(subscription, resource_group, name)
         target = upgrade_id
-        await self.scale_set(subscription, resource_group, name).loaded.wait()
         while True:
-            worker = self.scale_set(subscription, resource_group, name)
+            try:
+                worker = self.scale_set(subscription, resource_group, name)
+                ready = worker.loaded.is_set()
+            except WorkerRestartingError:  # back once the log answers again
+                ready = False
+            changed = self._changed.setdefault(key, asyncio.Event())
+            if not ready:  # loading, or restarting: it says when it is done
+                await self._wait_change(changed, f"the worker of {key} never loads")
+                continue
             if target is None:  # chosen once, then kept: later upgrades do not move it
                 active = worker.state.active_upgrade
                 if active is not None:
@@ -590,7 +636,6 @@ class Engine:
                 return await worker.finished_upgrade(target)
             if self._failures:
                 raise WorkerCrashedError("a worker crashed") from self._failures[0]
-            changed = self._changed.setdefault(key, asyncio.Event())
             await self._wait_change(changed, f"no upgrade of {key} finishes")
 
     async def _wait_change(self, changed: asyncio.Event, what: str) -> None:
@@ -646,6 +691,8 @@ class Engine:
             crash = self._crashed.get(key)
             if crash is not None:
                 raise WorkerCrashedError(f"the worker of scale set {key} crashed") from crash
+            if key in self._restarting:
+                raise WorkerRestartingError(f"scale set {key}: the log is unreachable; retry")
             return None
         return worker
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.domain.validation import InvalidParameterError
-from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.engine import NotOwnedHereError, ScaleSetNotFoundError, WorkerRestartingError
 
 
 class ApiError(Exception):
@@ -73,4 +73,6 @@ def from_domain(exc: Exception) -> ApiError | None:
         return ApiError(409, "OperationNotAllowed", str(exc))
     if isinstance(exc, NotOwnedHereError):  # several servers share the log: ask its owner
         return ApiError(409, "OperationNotAllowed", str(exc))
+    if isinstance(exc, WorkerRestartingError):  # the database is back soon: retry
+        return ApiError(503, "ServiceUnavailable", str(exc))
     return None
