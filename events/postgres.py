@@ -373,7 +373,7 @@ class PostgresEventStore:
             self._writer = await self._connect()
             try:
                 await self._prepare_schema(self._writer)
-                await self._load_tail(self._writer)
+                await self._refresh_tail(self._writer)
             except asyncpg.PostgresError as exc:  # e.g. no CREATE privilege on the database
                 message = f"cannot prepare the event log in {self.where}: {exc}"
                 raise EventStoreError(message) from exc
@@ -464,11 +464,6 @@ class PostgresEventStore:
             raise CorruptStoreError(
                 f"{self.where}: unreadable schema version {rows['schema_version']!r}"
             ) from None
-
-    async def _load_tail(self, conn: asyncpg.Connection) -> None:
-        last = await conn.fetchrow(self._sql.tail)
-        self._head, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
-        self._next_key = int(await conn.fetchval(self._sql.next_key))
 
     async def close(self) -> None:
         """Commit every append already queued, then close all connections."""
@@ -663,7 +658,8 @@ class PostgresEventStore:
         return plan
 
     async def _refresh_tail(self, conn: asyncpg.Connection) -> None:
-        """Plan from the log's current end next time (read without the lock)."""
+        """Plan from the log's current end next time (one round trip; no lock needed:
+        ``append_group`` checks the tail again under it)."""
         row = await conn.fetchrow(self._sql.tail_and_next_key)
         assert row is not None
         position, digest, next_key = row
@@ -720,12 +716,10 @@ class PostgresEventStore:
 
     async def _sync_tail(self, conn: asyncpg.Connection) -> None:
         """Notice appends made by another process since our last commit (under the lock)."""
-        last = await conn.fetchrow(self._sql.tail)
-        head = last[0] if last else 0
-        if head != self._head:
-            self._log.debug("log advanced by another writer", ours=self._head, found=head)
-            self._head, self._last_hash = (last[0], last[1]) if last else (0, GENESIS_HASH)
-            self._next_key = int(await conn.fetchval(self._sql.next_key))
+        ours = self._head
+        await self._refresh_tail(conn)
+        if self._head != ours:
+            self._log.debug("log advanced by another writer", ours=ours, found=self._head)
             self._versions.clear()
             self._fences.clear()
 
