@@ -126,9 +126,7 @@ class SimulatedFleet:
             machine = machines.get((key, instance_id))
             if machine is None or machine.forced is not None:
                 continue
-            timing = machine.timing
-            if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
-                timing = machine.timing = self._timing(key, instance_id, machine)
+            timing = self._current_timing(key, instance_id, machine)
             if now < timing[2] < until:
                 until = timing[2]
         return until
@@ -264,12 +262,19 @@ class SimulatedFleet:
     def _health(
         self, key: str, instance_id: str, machine: SimulatedInstance, now: datetime, booting: Health
     ) -> Health:
-        timing = machine.timing
-        if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
-            timing = machine.timing = self._timing(key, instance_id, machine)
+        timing = self._current_timing(key, instance_id, machine)
         if now < timing[2]:
             return booting
         return timing[3]
+
+    def _current_timing(
+        self, key: str, instance_id: str, machine: SimulatedInstance
+    ) -> tuple[str, datetime, datetime, Health]:
+        """The machine's cached timing, computed again after a boot or a new profile."""
+        timing = machine.timing
+        if timing is None or timing[0] != machine.version or timing[1] != machine.booted_at:
+            timing = machine.timing = self._timing(key, instance_id, machine)
+        return timing
 
     def _timing(
         self, key: str, instance_id: str, machine: SimulatedInstance
