@@ -40,7 +40,7 @@ from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
-from engine.worker import ScaleSetWorker, WorkerContext
+from engine.worker import ScaleSetWorker, WorkerContext, read_scale_set
 from events import EventStore, FencedError, Metadata, RecordedEvent, StoreUnavailableError
 
 log = structlog.get_logger("osupgrade.engine")
@@ -460,8 +460,10 @@ class Engine:
         versions = dict.fromkeys(spec.instance_ids(), version)
         stream = scale_set_stream(spec.key)
         expected = await self.store.stream_version(stream)
-        if self.ownership is not None and expected and await self._exists_in_log(stream):
-            raise NotOwnedHereError(spec.key)
+        if self.ownership is not None and expected:  # another engine may have just created it
+            logged = await read_scale_set(self.store, spec.key)
+            if logged.spec is not None and not logged.deleted:
+                raise NotOwnedHereError(spec.key)
         event = ScaleSetCreated(spec, versions)
         new = DOMAIN_EVENTS.to_new_event(
             event,
@@ -476,14 +478,6 @@ class Engine:
         else:  # whichever engine claims it drives it (this one, maybe)
             await self.ownership.board.add([spec.key])
         log.info("scale set created", scale_set=spec.key, capacity=spec.capacity, version=version)
-
-    async def _exists_in_log(self, stream: str) -> bool:
-        """Created and not deleted, by the log (another engine may have just created it)."""
-        exists = False
-        for recorded in await self.store.read_stream(stream):
-            if recorded.type in ("scaleset.created", "scaleset.deleted"):
-                exists = recorded.type == "scaleset.created"
-        return exists
 
     async def delete_scale_set(self, subscription: str, resource_group: str, name: str) -> None:
         """Delete a scale set (refused while an upgrade runs)."""
@@ -584,10 +578,9 @@ class Engine:
         try:
             worker = self.scale_set(subscription, resource_group, name)
         except NotOwnedHereError:
-            key = scale_set_key(subscription, resource_group, name)
-            state = ScaleSetState()
-            for recorded in await self.store.read_stream(scale_set_stream(key)):
-                state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+            state = await read_scale_set(
+                self.store, scale_set_key(subscription, resource_group, name)
+            )
             if state.spec is None or state.deleted:
                 raise ScaleSetNotFoundError(f"scale set {name} not found") from None
             return state

@@ -193,9 +193,7 @@ class ScaleSetWorker:
 
     async def load(self) -> None:
         """Fold the scale set stream and, if one is active, its upgrade."""
-        self.state = ScaleSetState()
-        for recorded in await self.ctx.store.read_stream(self.stream):
-            self.state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+        self.state = await read_scale_set(self.ctx.store, self.key)
         if self.state.spec is not None:
             await self.ctx.fleet.provision(self.state.spec, self.state.instance_versions)
         active = self.state.active_upgrade
@@ -429,6 +427,14 @@ class ScaleSetWorker:
         else:
             self._log = self._log.bind(upgrade_id=upgrade_id)
             structlog.contextvars.bind_contextvars(upgrade_id=upgrade_id)
+
+
+async def read_scale_set(store: EventStore, key: str) -> ScaleSetState:
+    """Fold one scale set's stream as the log has it now."""
+    state = ScaleSetState()
+    for recorded in await store.read_stream(scale_set_stream(key)):
+        state.apply(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
+    return state
 
 
 def _operation(
