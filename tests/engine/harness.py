@@ -98,13 +98,7 @@ class World:
 
     async def run_until(self, done: Callable[[], object], max_steps: int = 100_000) -> None:
         """Walk timer by timer (``autojump=False``) until ``done()`` is true."""
-        await self.clock.wait_quiet()
-        for _ in range(max_steps):
-            if done():
-                return
-            if not await self.clock.step():
-                raise AssertionError("nothing left to happen, and the condition never held")
-        raise AssertionError(f"condition not reached in {max_steps} steps")
+        await step_until(self.clock, done, max_steps)
 
     async def in_batch(self, name: str) -> ScaleSetWorker:
         """Step until the scale set's upgrade has a batch in progress; return its worker."""
@@ -141,6 +135,19 @@ class World:
             if recorded.stream_id.startswith(stream_prefix):
                 out.extend((type(e).type_name, e) for e in decode_all(recorded))
         return out
+
+
+async def step_until(
+    clock: VirtualClock, done: Callable[[], object], max_steps: int = 100_000
+) -> None:
+    """Walk a clock without autojump timer by timer until ``done()`` is true."""
+    await clock.wait_quiet()
+    for _ in range(max_steps):
+        if done():
+            return
+        if not await clock.step():
+            raise AssertionError("nothing left to happen, and the condition never held")
+    raise AssertionError(f"condition not reached in {max_steps} steps")
 
 
 @asynccontextmanager

@@ -23,7 +23,7 @@ from engine.fleet import BatchFleet, HealthForecast
 from engine.simulated_fleet import SimulatedFleet
 from events import InMemoryEventStore
 from tests.engine.fleets import PassThroughFleet
-from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
+from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec, step_until
 
 
 class EveryProbe(PassThroughFleet):
@@ -82,15 +82,6 @@ def mid_batch(engine: Engine, name: str) -> bool:
 def finished(engine: Engine, name: str) -> bool:
     worker = engine.scale_set(SUB, RG, name)
     return bool(worker.state.upgrades) and worker.upgrade is None
-
-
-async def step_until(clock: VirtualClock, done: Callable[[], bool]) -> None:
-    await clock.wait_quiet()
-    for _ in range(50_000):
-        if done():
-            return
-        assert await clock.step(), "nothing left to happen"
-    raise AssertionError("not reached")
 
 
 async def test_skipping_forecast_quiet_probes_leaves_the_log_unchanged() -> None:
