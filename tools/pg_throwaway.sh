@@ -5,6 +5,7 @@
 #
 #   dir=$(mktemp -d) && dsn=$(tools/pg_throwaway.sh start "$dir") && echo "$dsn"
 #   tools/pg_throwaway.sh stop "$dir"
+#   tools/pg_throwaway.sh restart "$dir" fast|immediate   # a real restart, same port
 #
 # initdb and postgres refuse to run as root, so as root the server runs as the user in
 # $OSUPGRADE_PG_USER (default: postgres), which gets ownership of the directory.
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 start DIR | stop DIR" >&2
+  echo "usage: $0 start DIR | stop DIR | restart DIR fast|immediate" >&2
   exit 2
 }
 
@@ -79,9 +80,23 @@ stop() {
   rm -rf "$dir"
 }
 
-[ $# -eq 2 ] || usage
-case $1 in
-  start) start "$2" ;;
-  stop) stop "$2" ;;
+# A real restart of the running server (fault tests): `fast` ends every session
+# cleanly, `immediate` kills the server as a crash would (recovery from WAL on start).
+# pg_ctl reuses the options of the last start, so the port and socket stay the same.
+restart() {
+  local dir=$1 mode=$2 bin
+  case $mode in fast | immediate) ;; *) usage ;; esac
+  bin=$(find_bin)
+  as_owner "$bin/pg_ctl" --pgdata="$dir/data" --log="$dir/server.log" --mode="$mode" \
+    --wait --timeout=60 restart >/dev/null || {
+    cat "$dir/server.log" >&2
+    exit 1
+  }
+}
+
+case ${1:-} in
+  start) [ $# -eq 2 ] || usage; start "$2" ;;
+  stop) [ $# -eq 2 ] || usage; stop "$2" ;;
+  restart) [ $# -eq 3 ] || usage; restart "$2" "$3" ;;
   *) usage ;;
 esac
