@@ -20,6 +20,7 @@ from pathlib import Path
 from engine.api.cli import add_serve_command, run_serve
 from engine.cli_fences import run_audit_fences
 from engine.cli_read import (
+    AsOfError,
     audit_verify,
     parse_as_of,
     parse_time,
@@ -28,10 +29,11 @@ from engine.cli_read import (
     print_instances,
     print_status,
 )
-from engine.demo import prepare_demo_dir, run_demo
+from engine.demo import DemoDirError, prepare_demo_dir, run_demo
+from engine.log_source import EXIT_UNREADABLE, open_log
 from engine.logging import configure_logging
 from engine.simulate_cli import add_simulate_parser, run_simulate
-from events import EventStoreError, SQLiteEventStore
+from events import EventStoreError
 
 DEMO_SCALE_SETS = 250
 
@@ -50,23 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_parser(commands)
 
     verify = commands.add_parser("verify", help="check the hash chain of an event log")
-    verify.add_argument("--db", type=Path, required=True, help="path of the SQLite event log")
+    _add_db(verify)
 
     audit = commands.add_parser("audit", help="audit an event log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_verify = audit_commands.add_parser(
         "verify", help="check the hash chain and re-fold the log against stored projections"
     )
-    audit_verify.add_argument("--db", type=Path, required=True)
+    _add_db(audit_verify)
     audit_fences = audit_commands.add_parser(
         "fences",
         help="prove from the log that no scale set was driven by two engines at once",
     )
-    audit_fences.add_argument("--db", required=True, help="SQLite file or postgresql:// DSN")
-    audit_fences.add_argument("--pg-schema", default="osupgrade", help="schema of the log")
+    _add_db(audit_fences)
 
     events = commands.add_parser("events", help="print the log as a timeline")
-    events.add_argument("--db", type=Path, required=True)
+    _add_db(events)
     events.add_argument("--stream", help="only this stream (e.g. vmss-sub/rg/name)")
     events.add_argument("--since", type=_time_arg, help="RFC 3339 engine time")
     events.add_argument("--until", type=_time_arg, help="RFC 3339 engine time")
@@ -78,11 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
         ("instances", "instances: image version and health"),
     ):
         sub = commands.add_parser(name, help=f"print a scale set's {text}")
-        sub.add_argument("--db", type=Path, required=True)
+        _add_db(sub)
         sub.add_argument("--scale-set", required=True, help="subscription/resourceGroup/name")
-        sub.add_argument("--as-of", type=_as_of_arg, help="a global position or RFC 3339 time")
+        sub.add_argument(
+            "--as-of",
+            type=_as_of_arg,
+            help="a log position (digits only) or an RFC 3339 time (default: the log's end)",
+        )
     add_serve_command(commands)
     return parser
+
+
+def _add_db(command: argparse.ArgumentParser) -> None:
+    """``--db`` and ``--pg-schema`` of every command that reads an existing log."""
+    command.add_argument(
+        "--db", required=True, help="the log: a SQLite file or a postgresql:// DSN"
+    )
+    command.add_argument(
+        "--pg-schema", default="osupgrade", help="schema of a PostgreSQL log (default: %(default)s)"
+    )
 
 
 def _time_arg(text: str) -> datetime:
@@ -103,19 +118,19 @@ def _as_of_arg(text: str) -> int | datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``osupgrade`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "since", None) and getattr(args, "until", None) and args.since > args.until:
+        parser.error("--since is after --until")
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         status = _run_without_a_file(args)
         if status is not None:
             return status
-        if not args.db.is_file():
-            print(f"error: {args.db} does not exist", file=sys.stderr)
-            return 2
         return asyncio.run(_read_command(args))
-    except EventStoreError as exc:
+    except (EventStoreError, AsOfError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `osupgrade events ... | head`: the reader is gone
@@ -146,25 +161,29 @@ def _demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot use --dir {args.dir}: {exc.strerror}", file=sys.stderr)
         return 2
+    except DemoDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(run_demo(path, args.scale_sets, args.seed))
 
 
 async def _read_command(args: argparse.Namespace) -> int:
+    db, schema = args.db, args.pg_schema
     if args.command == "verify":
-        return await _verify(args.db)
+        return await _verify(db, schema)
     if args.command == "audit":
-        return await audit_verify(args.db)
+        return await audit_verify(db, schema)
     if args.command == "events":
-        return await print_events(args.db, args.stream, args.since, args.until, args.json)
+        return await print_events(db, schema, args.stream, args.since, args.until, args.json)
     if args.command == "status":
-        return await print_status(args.db, args.scale_set, args.as_of)
+        return await print_status(db, schema, args.scale_set, args.as_of)
     if args.command == "instances":
-        return await print_instances(args.db, args.scale_set, args.as_of)
-    return await print_history(args.db, args.scale_set, args.as_of)
+        return await print_instances(db, schema, args.scale_set, args.as_of)
+    return await print_history(db, schema, args.scale_set, args.as_of)
 
 
-async def _verify(db: Path) -> int:
-    async with SQLiteEventStore(db) as store:
+async def _verify(db: str, schema: str) -> int:
+    async with open_log(db, schema) as store:
         report = await store.verify()
     if report.ok:
         print(f"ok: {report.checked} events, hash chain intact")

@@ -8,37 +8,32 @@ first problems when it does not, 2 when the log cannot be read.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-from engine.api.service import is_postgres_dsn, redacted
 from engine.fence_audit import FenceAuditor
-from events import PostgresEventStore, SQLiteEventStore
+from engine.log_source import EXIT_UNREADABLE, describe, open_log
+from events import EventStoreError
 
 PAGE = 5000
 
 
 def run_audit_fences(db: str, pg_schema: str) -> int:
     """Open the log ``db`` names, audit it, print the verdict; return the exit status."""
-    store: SQLiteEventStore | PostgresEventStore
-    if is_postgres_dsn(db):
-        store = PostgresEventStore(db, schema=pg_schema)
-    elif Path(db).is_file():
-        store = SQLiteEventStore(Path(db))
-    else:
-        print(f"error: {db} does not exist", flush=True)
-        return 2
-    return asyncio.run(_audit(store, db))
+    try:
+        return asyncio.run(_audit(db, pg_schema))
+    except EventStoreError as exc:
+        print(f"error: {exc}", flush=True)
+        return EXIT_UNREADABLE
 
 
-async def _audit(store: SQLiteEventStore | PostgresEventStore, db: str) -> int:
+async def _audit(db: str, pg_schema: str) -> int:
     auditor = FenceAuditor()
-    async with store:
+    async with open_log(db, pg_schema) as store:
         after = 0
         while page := await store.read_all(after=after, limit=PAGE):
             auditor.feed(page)
             after = page[-1].position
     audit = auditor.result()
-    where = redacted(db)
+    where = describe(db, pg_schema)
     if audit.ok:
         print(
             f"ok: {audit.events:,} events of {where}; {audit.scale_sets:,} scale sets, "

@@ -1,8 +1,11 @@
-"""The read-only commands: ``audit verify``, ``events``, ``status`` and ``history``.
+"""The read-only commands: ``audit verify``, ``events``, ``status``, ``history``, ``instances``.
 
-They open an existing log (never create one), fail clearly on a missing, foreign or
-corrupt file, and fold with the current code, so an audit re-checks every decision's
-read model against what was stored.
+They read an existing log, a SQLite file or a PostgreSQL DSN (never create one: see
+``engine.log_source``), fail clearly on a missing, foreign or corrupt log, and fold with
+the current code, so an audit re-checks every decision's read model against what was
+stored. Exit codes: 0 ok; 1 a check failed (or ``status``: the set never had an
+upgrade); 2 no readable log, or a moment the log does not have; 3 no such scale set or
+stream in the log.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import asyncpg
 import orjson
 
-from events import RecordedEvent, SQLiteEventStore
+from engine.api.service import is_postgres_dsn
+from engine.log_source import EXIT_NOT_FOUND, describe, open_log
+from events import EventStore, RecordedEvent
 from projections.fleet_view import FleetView, fleet_as_of
-from projections.runner import scale_set_row, stored_rows, upgrade_row
+from projections.postgres import PostgresTables
+from projections.runner import StoredRows, scale_set_row, stored_rows, upgrade_row
 
 
 def parse_time(text: str) -> datetime:
@@ -28,22 +35,32 @@ def parse_time(text: str) -> datetime:
 
 
 def parse_as_of(text: str) -> int | datetime:
-    """``--as-of``: a global position (an integer) or an RFC 3339 time."""
+    """``--as-of``: a global position (an integer) or an RFC 3339 time.
+
+    Which one a value is never depends on the log: digits only is a position, anything
+    else must parse as a time. Whether the log has that moment is checked on reading
+    (``AsOfError``), so a Unix timestamp is refused instead of read as a position.
+    """
     return int(text) if text.isdigit() else parse_time(text)
 
 
-async def audit_verify(db: Path) -> int:
+class AsOfError(ValueError):
+    """``--as-of`` names a moment the log does not have (exit ``EXIT_UNREADABLE``)."""
+
+
+async def audit_verify(db: str, schema: str) -> int:
     """Check the hash chain, then re-fold the log and compare with the stored projection."""
-    async with SQLiteEventStore(db) as store:
+    async with open_log(db, schema) as store:
         report = await store.verify()
         if not report.ok:
             print(f"TAMPERED: first bad position {report.first_bad_position}: {report.problem}")
             return 1
         print(f"hash chain: ok ({report.checked} events)")
-        if not await _has_projection(db):
-            print("projections: none stored in this file (nothing to compare)")
+        stored = await _stored_projection(db, schema)
+        if stored is None:
+            print("projections: none stored with this log (nothing to compare)")
             return 0
-        checkpoint, upgrades, sets = await stored_rows(db)
+        checkpoint, upgrades, sets = stored
         refolded = await fleet_as_of(store, position=checkpoint)
     problem = _compare(refolded, upgrades, sets)
     if problem is not None:
@@ -53,12 +70,24 @@ async def audit_verify(db: Path) -> int:
     return 0
 
 
-async def _has_projection(db: Path) -> bool:
-    async with aiosqlite.connect(db) as conn:
-        rows = await conn.execute_fetchall(
+async def _stored_projection(db: str, schema: str) -> StoredRows | None:
+    """The stored projection beside the log (same file or schema); None if there is none."""
+    if is_postgres_dsn(db):
+        conn = await asyncpg.connect(db)
+        try:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = $1"
+                " AND tablename = 'projection_checkpoints'",
+                schema,
+            )
+        finally:
+            await conn.close()
+        return await PostgresTables(db, schema=schema).rows() if found else None
+    async with aiosqlite.connect(f"file:{db}?mode=ro", uri=True) as lite:
+        rows = await lite.execute_fetchall(
             "SELECT name FROM sqlite_master WHERE name = 'projection_checkpoints'"
         )
-    return bool(list(rows))
+    return await stored_rows(Path(db)) if list(rows) else None
 
 
 def _compare(
@@ -76,12 +105,19 @@ def _compare(
 
 
 async def print_events(
-    db: Path, stream: str | None, since: datetime | None, until: datetime | None, as_json: bool
+    db: str,
+    schema: str,
+    stream: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    as_json: bool,
 ) -> int:
     """A readable timeline of the log (or JSON lines)."""
-    async with SQLiteEventStore(db) as store:
+    async with open_log(db, schema) as store:
         if stream is not None:
             events = await store.read_stream(stream)
+            if not events:
+                return _not_found(f"no stream {stream!r} in {describe(db, schema)}")
             _print_page(events, since, until, as_json)
             return 0
         after = 0
@@ -118,9 +154,11 @@ def _print_page(
             )
 
 
-async def print_status(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
+async def print_status(db: str, schema: str, scale_set: str, as_of: int | datetime | None) -> int:
     """The latest rolling upgrade of a scale set, as of now or a past moment."""
-    view, _ = await _view(db, as_of)
+    view, _ = await _view(db, schema, as_of)
+    if not _exists(view, scale_set):
+        return _no_scale_set(db, schema, scale_set, view)
     latest = view.latest(scale_set)
     if latest is None:
         print(f"{scale_set}: no rolling upgrade (as of position {view.position})")
@@ -129,20 +167,23 @@ async def print_status(db: Path, scale_set: str, as_of: int | datetime | None) -
     return 0
 
 
-async def print_history(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
+async def print_history(db: str, schema: str, scale_set: str, as_of: int | datetime | None) -> int:
     """The last five OS upgrade attempts within two months of ``as_of`` (or the log's end)."""
-    view, now = await _view(db, as_of)
+    view, now = await _view(db, schema, as_of)
+    if not _exists(view, scale_set):
+        return _no_scale_set(db, schema, scale_set, view)
     print(json.dumps({"value": view.history(scale_set, now)}, indent=2))
     return 0
 
 
-async def print_instances(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
+async def print_instances(
+    db: str, schema: str, scale_set: str, as_of: int | datetime | None
+) -> int:
     """Each instance's image version and last observed health, as of now or the past."""
-    view, _ = await _view(db, as_of)
-    instances = view.instances.get(scale_set.lower())
-    if instances is None:
-        print(f"{scale_set}: no such scale set (as of position {view.position})")
-        return 1
+    view, _ = await _view(db, schema, as_of)
+    if not _exists(view, scale_set):
+        return _no_scale_set(db, schema, scale_set, view)
+    instances = view.instances[scale_set.lower()]
     value = [
         {"instanceId": i, "exactVersion": v.version, "health": v.health}
         for i, v in sorted(instances.items(), key=lambda item: int(item[0]))
@@ -151,11 +192,41 @@ async def print_instances(db: Path, scale_set: str, as_of: int | datetime | None
     return 0
 
 
-async def _view(db: Path, as_of: int | datetime | None) -> tuple[FleetView, datetime]:
-    async with SQLiteEventStore(db) as store:
+def _exists(view: FleetView, scale_set: str) -> bool:
+    return scale_set.lower() in view.instances
+
+
+def _no_scale_set(db: str, schema: str, scale_set: str, view: FleetView) -> int:
+    where = describe(db, schema)
+    return _not_found(f"no scale set {scale_set} in {where} (as of position {view.position})")
+
+
+def _not_found(message: str) -> int:
+    """One answer for "no such thing" across the read commands."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+async def _view(db: str, schema: str, as_of: int | datetime | None) -> tuple[FleetView, datetime]:
+    async with open_log(db, schema) as store:
+        head = await store.head()
+        last = await _event_at(store, head)
+        end = last.occurred_at if last is not None else datetime.now(UTC)
+        if isinstance(as_of, int) and as_of > head:
+            raise AsOfError(
+                f"--as-of {as_of}: the log ends at position {head}; a number is a log "
+                "position (write a time as RFC 3339, e.g. 2026-03-01T02:26:27Z)"
+            )
         if isinstance(as_of, datetime):
+            if as_of > max(end, datetime.now(UTC)):
+                raise AsOfError(f"--as-of {as_of.isoformat()} is in the future")
             return await fleet_as_of(store, time=as_of), as_of
         view = await fleet_as_of(store, position=as_of)
-        tail = await store.read_all(after=max(0, view.position - 1), limit=1)
-        now = tail[0].occurred_at if tail else datetime.now(UTC)
+        at = await _event_at(store, view.position)
+        now = at.occurred_at if at is not None else end
     return view, now
+
+
+async def _event_at(store: EventStore, position: int) -> RecordedEvent | None:
+    page = await store.read_all(after=max(0, position - 1), limit=1)
+    return page[0] if page else None

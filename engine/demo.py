@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from engine.scenario import (
 )
 from engine.simulate import Outcome, duration, run_scenario
 from events import SQLiteEventStore
+from events.sqlite import APPLICATION_ID
 from projections.fleet_view import FleetView
 from projections.runner import ProjectionRunner
 
@@ -103,11 +105,39 @@ def demo_scenario(scale_sets: int, seed: int) -> Scenario:
 
 
 def prepare_demo_dir(directory: Path) -> Path:
-    """Create ``directory`` and remove an earlier demo log; return the new log's path."""
+    """Create ``directory`` and remove an earlier demo's logs; return the new log's path.
+
+    Only the demo's own two logs (and their SQLite side files) are removed, and only if
+    they are osupgrade logs: a user's file that happens to bear the name is never
+    deleted (``DemoDirError`` instead).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    for leftover in directory.glob("osupgrade-demo*.sqlite*"):
-        leftover.unlink()
+    for name in (DEMO_FILE, TAMPERED_FILE):
+        log_file = directory / name
+        if log_file.exists() and not _is_event_log(log_file):
+            raise DemoDirError(
+                f"{log_file} is not an osupgrade event log; the demo will not overwrite it"
+                " (move it, or choose another --dir)"
+            )
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{log_file}{suffix}").unlink(missing_ok=True)
     return directory / DEMO_FILE
+
+
+class DemoDirError(ValueError):
+    """The demo's directory holds a file of the demo's name that is not a demo log."""
+
+
+def _is_event_log(path: Path) -> bool:
+    """An SQLite file marked with the event log's application id (read, never changed)."""
+    if not path.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            row = conn.execute("PRAGMA application_id").fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == APPLICATION_ID
 
 
 async def run_demo(path: Path, scale_sets: int, seed: int, console: Console | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from engine.live import LiveDisplay
+from engine.live import LineProgress, LiveDisplay
 from engine.report import write_report
 from engine.scenario import PolicyVariant, Scenario, ScenarioError, load_policy, load_scenario
 from engine.simulate import Outcome, comparison_rows, run_scenario
@@ -51,8 +52,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.report is not None and not args.report.parent.is_dir():
-        print(f"error: --report: directory {args.report.parent} does not exist", file=sys.stderr)
+    problem = _report_problem(args.report)
+    if problem is not None:
+        print(f"error: --report {args.report}: {problem}", file=sys.stderr)
         return 2
     if args.seed is not None:
         scenario = replace(scenario, seed=args.seed)
@@ -72,13 +74,33 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_problem(report: Path | None) -> str | None:
+    """Why the report could not be written, found before the run rather than after it."""
+    if report is None:
+        return None
+    if report.is_dir():
+        return "is a directory"
+    if report.parent.exists() and not report.parent.is_dir():
+        return f"{report.parent} is not a directory"
+    if not report.parent.is_dir():
+        return f"directory {report.parent} does not exist"
+    if not os.access(report.parent, os.W_OK) or (
+        report.exists() and not os.access(report, os.W_OK)
+    ):
+        return "is not writable"
+    return None
+
+
 async def _run_all(
     scenario: Scenario, variants: list[PolicyVariant], console: Console
 ) -> list[Outcome]:
     """The scenario as written, then under each policy; one after the other, same seed."""
     runs = [("as written", scenario)] + [(v.name, v.apply(scenario)) for v in variants]
-    if not console.is_terminal:  # nothing to watch in a pipe or a log file
-        return [await run_scenario(s, label=label) for label, s in runs]
+    if not console.is_terminal:  # a pipe or a log file: a plain line now and then
+        return [
+            await run_scenario(s, label=label, progress=LineProgress(label).update)
+            for label, s in runs
+        ]
     outcomes = []
     for label, variant in runs:
         with LiveDisplay(console, transient=True) as display:

@@ -151,3 +151,15 @@ def test_the_readme_shows_the_default_demo() -> None:
     specs = demo_scenario(DEMO_SCALE_SETS, 1).specs()
     instances = sum(spec.capacity for spec in specs)
     assert f"osupgrade demo: {len(specs)} scale sets, {instances:,} instances" in readme
+
+
+def test_the_demo_never_deletes_a_file_that_is_not_its_own_log(tmp_path: Path) -> None:
+    mine = tmp_path / "osupgrade-demo.sqlite"
+    mine.write_text("the user's notes, not a log\n")
+    theirs = tmp_path / "osupgrade-demo-backup.sqlite"  # matched the old cleanup's glob
+    theirs.write_text("kept\n")
+    result = osupgrade("demo", "--dir", str(tmp_path), "--scale-sets", "4")
+    assert result.returncode == 2
+    assert "is not an osupgrade event log; the demo will not overwrite it" in result.stderr
+    assert mine.read_text() == "the user's notes, not a log\n"
+    assert theirs.read_text() == "kept\n"

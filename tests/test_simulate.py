@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
 from engine.jsonpos import loads_located
+from engine.live import LineProgress
 from engine.scenario import ScenarioError, load_policy, load_scenario
-from engine.simulate import run_scenario
+from engine.simulate import Live, run_scenario
 from events import InMemoryEventStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,3 +250,41 @@ async def test_deferred_upgrades_wait_for_approval(tmp_path: Path) -> None:
     assert (approved.unfinished, approved.upgraded) == (0, 5)
     assert approved.first_start is not None and approved.last_end is not None
     assert approved.last_end - approved.first_start > timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [("directory", "is a directory"), ("under-a-file", "notes.txt is not a directory")],
+)
+def test_a_report_that_cannot_be_written_fails_before_the_run(
+    tmp_path: Path, where: str, problem: str
+) -> None:
+    scenario = write(tmp_path, "scenario.json", SMALL)
+    blocker = write(tmp_path, "notes.txt", "a file, not a directory\n")
+    report = tmp_path if where == "directory" else blocker / "report.html"
+    result = osupgrade("simulate", str(scenario), "--report", str(report))
+    assert result.returncode == 2
+    assert result.stdout == ""  # nothing ran: the header of a run is not even printed
+    assert result.stderr.startswith(f"error: --report {report}: ")
+    assert result.stderr.endswith(f"{problem}\n")
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_a_run_without_a_terminal_shows_progress_on_stderr() -> None:
+    clock = iter([0.0, 1.0, 6.0, 6.5, 12.0])
+    out = io.StringIO()
+    progress = LineProgress("as written", every_s=5.0, out=out, monotonic=lambda: next(clock))
+    live = Live(
+        instances_total=100, instances_done=40, instances_failed=2, instances_rolled_back=2,
+        sets_total=10, sets_completed=3, sets_faulted=1, sets_cancelled=0,
+        virtual_time=datetime(2026, 3, 1, 1, 30, tzinfo=UTC),
+    )  # fmt: skip
+    for _ in range(4):
+        progress.update(live)
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "simulate as written: 6 s, scale sets 4/10 finished, instances 42/100 settled"
+        " (engine time 01:30)",
+        "simulate as written: 12 s, scale sets 4/10 finished, instances 42/100 settled"
+        " (engine time 01:30)",
+    ]

@@ -143,7 +143,7 @@ def test_instances_now_and_before_the_upgrade(rollout_log: Path) -> None:
     before = osupgrade("instances", "--db", str(rollout_log), "--scale-set", KEY, "--as-of", "3")
     assert {i["exactVersion"] for i in json.loads(before.stdout)["value"]} == {"1.0.0"}
     missing = osupgrade("instances", "--db", str(rollout_log), "--scale-set", "a/b/c")
-    assert missing.returncode == 1
+    assert missing.returncode == 3
 
 
 def test_read_commands_fail_clearly_on_bad_files(tmp_path: Path) -> None:
