@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
 from engine.api.cli import add_serve_command, run_serve
@@ -41,14 +42,32 @@ DEMO_SCALE_SETS = 250
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="osupgrade", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-format", choices=["console", "json"], default="console")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--log-format",
+        choices=["console", "json"],
+        default="console",
+        help="log lines for people or one JSON object per line (default: %(default)s)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run a whole rollout on a fresh SQLite log")
-    demo.add_argument("--dir", type=Path, default=Path("demo-output"), help="where the log goes")
-    demo.add_argument("--scale-sets", type=int, default=DEMO_SCALE_SETS, help="fleet size")
-    demo.add_argument("--seed", type=int, default=1, help="seed of the simulated fleet")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("demo-output"),
+        help="where the log goes (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--scale-sets",
+        type=int,
+        default=DEMO_SCALE_SETS,
+        help="fleet size, 4 to 5000 (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=1, help="seed of the simulated fleet (default: %(default)s)"
+    )  # fmt: skip
     add_simulate_parser(commands)
 
     verify = commands.add_parser("verify", help="check the hash chain of an event log")
@@ -98,6 +117,13 @@ def _add_db(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--pg-schema", default="osupgrade", help="schema of a PostgreSQL log (default: %(default)s)"
     )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("osupgrade")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _time_arg(text: str) -> datetime:
