@@ -56,7 +56,11 @@ async def forward(service: ApiService, request: Request, key: str, refusal: ApiE
     own, cluster = service.engine.ownership, service.settings.cluster_key
     if own is None or cluster is None or FORWARDED_BY_KEY in request.scope:
         return refusal.response()
-    address = await own.board.owner_address(key)
+    try:
+        address = await own.board.owner_address(key)
+    except Exception as exc:  # noqa: BLE001 - the board's database: the client retries
+        log.warning("cannot look the owner up", scale_set=key, error=_describe(exc))
+        return refusal.response()
     url = verified_url(cluster, address) if address is not None else None
     if address is None or url is None:
         return refusal.response()  # no live, verified owner right now: the client retries
