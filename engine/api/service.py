@@ -24,6 +24,7 @@ import structlog
 from engine.api.auth import Token
 from engine.api.cache import RenderCache
 from engine.api.cluster import ClusterKey
+from engine.api.forward import PeerClient
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
@@ -94,6 +95,7 @@ class ApiService:
         self.runner = runner
         self.advance_lock = asyncio.Lock()
         self.cache = RenderCache()
+        self.peer_client = PeerClient(settings.tls_cert)  # forwards to the other servers
 
     @property
     def clock(self) -> EngineClock:
@@ -151,6 +153,7 @@ class ApiService:
             try:
                 async with runner:
                     service = cls(settings, store, engine, fleet, runner)
+                    stack.push_async_callback(service.peer_client.aclose)
                     await service.projected()  # serve no read older than the log
                     log.info("engine and projection started", db=redacted(settings.db))
                     yield service
