@@ -7,6 +7,7 @@ waiting.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -27,11 +28,13 @@ REQUEST = SignedRequest(
 )
 
 
-def _verifier(now: list[float], **options: float) -> PeerVerifier:
-    return PeerVerifier(ClusterKey(SECRET), "to", now=lambda: now[0], **options)  # type: ignore[arg-type]
+def _verifier(now: list[float], **options: Any) -> PeerVerifier:
+    return PeerVerifier(ClusterKey(SECRET), "to", now=lambda: now[0], **options)
 
 
-def _verify(verifier: PeerVerifier, headers: dict[str, str], request: SignedRequest = REQUEST):
+def _verify(
+    verifier: PeerVerifier, headers: dict[str, str], request: SignedRequest = REQUEST
+) -> tuple[Access, str]:
     return verifier.verify(request.method, request.target, headers, request.body)
 
 
