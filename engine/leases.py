@@ -57,13 +57,24 @@ class LeaseBoard(Protocol):
         """Every lease's current owner (None when free or expired), for operators and tests."""
         ...
 
-    async def announce(self, engine_id: str, url: str) -> None:
-        """Say where this engine takes requests (its HTTP API's base URL)."""
+    async def announce(self, engine_id: str, url: str, mac: str | None = None) -> None:
+        """Say where this engine takes requests (its HTTP API's base URL), and the MAC of
+        engine id and URL made with the cluster credential (``engine.api.cluster``)."""
         ...
 
-    async def owner_url(self, key: str) -> str | None:
-        """The base URL of the engine driving ``key`` now (None: no live owner, or no URL)."""
+    async def owner_address(self, key: str) -> PeerAddress | None:
+        """Where the engine driving ``key`` now takes requests (None: no live owner with a
+        live heartbeat, or no URL). Stored text: verify it before use."""
         ...
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """An engine's announcement as the board holds it: unverified until its MAC checks."""
+
+    engine_id: str
+    url: str
+    mac: str | None
 
 
 @dataclass(frozen=True)
@@ -94,7 +105,7 @@ class MemoryLeaseBoard:
     ttl_s: float = 15.0
     _leases: dict[str, _Lease] = field(default_factory=dict)
     _heartbeats: dict[str, datetime] = field(default_factory=dict)
-    _urls: dict[str, str] = field(default_factory=dict)
+    _urls: dict[str, PeerAddress] = field(default_factory=dict)
 
     async def add(self, keys: Collection[str]) -> None:
         """Make sure a lease exists for each key (new ones start free)."""
@@ -146,14 +157,17 @@ class MemoryLeaseBoard:
         now = self.now()
         return {k: (v.owner if _alive(v, now) else None) for k, v in self._leases.items()}
 
-    async def announce(self, engine_id: str, url: str) -> None:
+    async def announce(self, engine_id: str, url: str, mac: str | None = None) -> None:
         """Say where this engine takes requests."""
-        self._urls[engine_id] = url
+        self._urls[engine_id] = PeerAddress(engine_id, url, mac)
 
-    async def owner_url(self, key: str) -> str | None:
-        """The base URL of the engine driving ``key`` now."""
+    async def owner_address(self, key: str) -> PeerAddress | None:
+        """The announcement of the engine driving ``key`` now, if its heartbeat is live."""
         owner = (await self.owners()).get(key)
-        return None if owner is None else self._urls.get(owner)
+        beat = self._heartbeats.get(owner) if owner is not None else None
+        if owner is None or beat is None or beat + _ttl(self) <= self.now():
+            return None
+        return self._urls.get(owner)
 
 
 def _alive(lease: _Lease, now: datetime) -> bool:

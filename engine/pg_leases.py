@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 
 from engine.clock import RealClock
-from engine.leases import Holdings, fair_share
+from engine.leases import Holdings, PeerAddress, fair_share
 from events import StoreUnavailableError
 from events.postgres import redact
 
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS {s}.engines (
     heartbeat_at timestamptz NOT NULL
 );
 ALTER TABLE {s}.engines ADD COLUMN IF NOT EXISTS url text;
+ALTER TABLE {s}.engines ADD COLUMN IF NOT EXISTS url_mac text;
 CREATE TABLE IF NOT EXISTS {s}.leases (
     scale_set  text PRIMARY KEY,
     owner      text,
@@ -172,22 +173,25 @@ class PostgresLeaseBoard:
         )
         return {r["scale_set"]: r["owner"] for r in rows}
 
-    async def announce(self, engine_id: str, url: str) -> None:
+    async def announce(self, engine_id: str, url: str, mac: str | None = None) -> None:
         """Say where this engine takes requests (kept across heartbeats)."""
         await self._conn().execute(
-            f"INSERT INTO {self._t('engines')} (engine_id, heartbeat_at, url) "
-            "VALUES ($1, clock_timestamp(), $2) ON CONFLICT (engine_id) DO UPDATE SET url = $2",
-            engine_id, url,
+            f"INSERT INTO {self._t('engines')} (engine_id, heartbeat_at, url, url_mac) "
+            "VALUES ($1, clock_timestamp(), $2, $3) "
+            "ON CONFLICT (engine_id) DO UPDATE SET url = $2, url_mac = $3",
+            engine_id, url, mac,
         )  # fmt: skip
 
-    async def owner_url(self, key: str) -> str | None:
-        """The base URL of the engine driving ``key`` now."""
-        url: str | None = await self._conn().fetchval(
-            f"SELECT e.url FROM {self._t('leases')} l JOIN {self._t('engines')} e "
-            "ON e.engine_id = l.owner WHERE l.scale_set = $1 AND l.expires_at > clock_timestamp()",
-            key,
-        )
-        return url
+    async def owner_address(self, key: str) -> PeerAddress | None:
+        """The announcement of the engine driving ``key`` now, if its heartbeat is live."""
+        row = await self._conn().fetchrow(
+            f"SELECT e.engine_id, e.url, e.url_mac FROM {self._t('leases')} l "
+            f"JOIN {self._t('engines')} e ON e.engine_id = l.owner "
+            "WHERE l.scale_set = $1 AND l.expires_at > clock_timestamp() AND e.url IS NOT NULL "
+            "AND e.heartbeat_at > clock_timestamp() - $2 * interval '1 second'",
+            key, self.ttl_s,
+        )  # fmt: skip
+        return None if row is None else PeerAddress(row["engine_id"], row["url"], row["url_mac"])
 
     async def shared_clock(self, speed: float, start: datetime) -> RealClock:
         """The engines' common clock: the first engine's origin, kept by every later one.

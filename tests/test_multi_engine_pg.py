@@ -21,7 +21,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 
 from engine.api.service import leases_schema
@@ -36,8 +35,8 @@ from events import PostgresEventStore, RecordedEvent
 from tests.api.live import API
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, UBUNTU, spec
+from tests.pg_servers import ROOT, drop, serve_process
 
-ROOT = Path(__file__).resolve().parents[1]
 SETS = 200
 VERBOSE: list[str] = []
 SPEED = 300.0
@@ -48,36 +47,14 @@ NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seco
 @asynccontextmanager
 async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[tuple[Process, str]]:
     """One ``osupgrade serve`` on the shared log, listening on a free port."""
-    command = [
-        "-m", "engine.cli", *VERBOSE, "serve", "--db", dsn, "--pg-schema", schema,
-        "--port", "0", "--speed", str(SPEED), "--auth-token", "t",
+    args = [
+        "--speed", str(SPEED), "--auth-token", "t",
         "--lease-ttl", str(TTL), "--lease-renew", str(RENEW),
         "--first-rollout-max-delay", "0",
         "--new-version-delay", *(str(d) for d in NEW_VERSION_DELAY),
     ]  # fmt: skip
-    err = await asyncio.to_thread(log.open, "a")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, cwd=ROOT, stdout=PIPE, stderr=err
-    )
-    err.close()
-    assert process.stdout is not None
-    line = await process.stdout.readline()  # printed once it serves
-    assert line.startswith(b"osupgrade serving"), (line, await asyncio.to_thread(log.read_text))
-    try:
-        yield process, line.split()[2].decode()
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
-
-
-async def drop(dsn: str, *schemas: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for schema in schemas:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    async with serve_process(dsn, schema, log, *args, options=VERBOSE) as started:
+        yield started
 
 
 async def spread(board: PostgresLeaseBoard) -> None:

@@ -8,6 +8,7 @@ state: the workers' folded models and the projection runner's ``FleetView``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from starlette.requests import Request
@@ -15,7 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine.api.auth import BearerAuth, Token
+from engine.api.auth import ACCESS_KEY, BearerAuth, Role, Token, authorize
+from engine.api.cluster import PeerVerifier
 from engine.api.errors import (
     ApiError,
     error_body,
@@ -60,6 +62,25 @@ log = structlog.get_logger("osupgrade.api")
 
 Handler = Callable[[Request, ApiService], Awaitable[Response]]
 
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A handler and the role its caller needs (every route method declares one)."""
+
+    handler: Handler
+    role: Role
+
+
+def sub(handler: Handler) -> Endpoint:
+    """An endpoint acting inside the subscription of its path."""
+    return Endpoint(handler, Role.SUBSCRIPTION)
+
+
+def platform(handler: Handler) -> Endpoint:
+    """A platform-wide endpoint: a subscription token gets 403."""
+    return Endpoint(handler, Role.PLATFORM)
+
+
 VMSS = (
     "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachineScaleSets"
 )
@@ -80,7 +101,7 @@ class Resource:
     """
 
     def __init__(
-        self, service: ApiService, handlers: dict[str, Handler], *, versioned: bool = True
+        self, service: ApiService, handlers: dict[str, Endpoint], *, versioned: bool = True
     ) -> None:
         self.service = service
         self.handlers = handlers
@@ -93,14 +114,18 @@ class Resource:
 
     async def respond(self, request: Request) -> Response:
         """The handler's response, or the ARM error it was refused with."""
-        handler = self.handlers.get(request.method)
+        endpoint = self.handlers.get(request.method)
         try:
-            if handler is None:
+            if endpoint is None:
                 allowed = ", ".join(sorted(self.handlers))
                 raise ApiError(405, "MethodNotAllowed", f"Allowed methods: {allowed}.")
+            access = request.scope.get(ACCESS_KEY)
+            refusal = authorize(access, endpoint.role, request.path_params.get("sub"))
+            if refusal is not None:
+                raise refusal
             if self.versioned:
                 api_version(query_params(request).get("api-version"))
-            return await handler(request, self.service)
+            return await endpoint.handler(request, self.service)
         except Exception as exc:
             error = from_domain(exc)
             if isinstance(exc, NotOwnedHereError) and error is not None:
@@ -421,30 +446,33 @@ async def advance_clock(request: Request, service: ApiService) -> Response:
 
 
 def routes(service: ApiService) -> list[Route]:
-    """Every endpoint (SPEC section 5); the hot reads first (routes match in order)."""
+    """Every endpoint (SPEC section 5); the hot reads first (routes match in order).
+
+    Each method declares the role its caller needs (``sub`` or ``platform``).
+    """
     one = VMSS + "/{name}"
     vm = one + "/virtualMachines/{instance}"
 
-    def at(path: str, versioned: bool = True, **handlers: Handler) -> Route:
+    def at(path: str, versioned: bool = True, **handlers: Endpoint) -> Route:
         return Route(path, Resource(service, handlers, versioned=versioned))
 
     return [
-        at(one + "/rollingUpgrades/latest", GET=get_latest),
-        at(one + "/osUpgradeHistory", GET=get_history),
-        at(OPERATION, GET=get_operation),
-        at(one, GET=get_scale_set, PUT=put_scale_set, PATCH=patch_scale_set,
-           DELETE=delete_scale_set),
-        at(VMSS, GET=list_scale_sets),
-        at(one + "/virtualMachines", GET=list_instances),
-        at(vm + "/simulateHealth", POST=simulate_health),
-        at(vm + "/approveRollingUpgrade", POST=approve_instance),
-        at(one + "/osRollingUpgrade", POST=start_os_upgrade),
-        at(one + "/rollingUpgrades/cancel", POST=cancel_upgrade),
-        at(one + "/approveRollingUpgrade", POST=approve_upgrade),
-        at(IMAGES, GET=list_image_versions),
-        at(IMAGES + "/{version}", GET=get_image_version, PUT=publish_image_version),
-        at("/admin/clock", False, GET=get_clock),
-        at("/admin/clock/advance", False, POST=advance_clock),
+        at(one + "/rollingUpgrades/latest", GET=sub(get_latest)),
+        at(one + "/osUpgradeHistory", GET=sub(get_history)),
+        at(OPERATION, GET=sub(get_operation)),
+        at(one, GET=sub(get_scale_set), PUT=sub(put_scale_set), PATCH=sub(patch_scale_set),
+           DELETE=sub(delete_scale_set)),
+        at(VMSS, GET=sub(list_scale_sets)),
+        at(one + "/virtualMachines", GET=sub(list_instances)),
+        at(vm + "/simulateHealth", POST=sub(simulate_health)),
+        at(vm + "/approveRollingUpgrade", POST=sub(approve_instance)),
+        at(one + "/osRollingUpgrade", POST=sub(start_os_upgrade)),
+        at(one + "/rollingUpgrades/cancel", POST=sub(cancel_upgrade)),
+        at(one + "/approveRollingUpgrade", POST=sub(approve_upgrade)),
+        at(IMAGES, GET=sub(list_image_versions)),
+        at(IMAGES + "/{version}", GET=sub(get_image_version), PUT=platform(publish_image_version)),
+        at("/admin/clock", False, GET=platform(get_clock)),
+        at("/admin/clock/advance", False, POST=platform(advance_clock)),
     ]  # fmt: skip
 
 
@@ -501,4 +529,10 @@ def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
     fallback = CaseInsensitivePaths(table)
     router = Router(table, redirect_slashes=False, default=fallback)
     fallback.router = router
-    return RequestIds(BearerAuth(HotReads(router, service), tokens))
+    return RequestIds(BearerAuth(HotReads(router, service), tokens, peer_verifier(service)))
+
+
+def peer_verifier(service: ApiService) -> PeerVerifier | None:
+    """Checks requests forwarded by the other servers of the log (None: no peers)."""
+    key, own = service.settings.cluster_key, service.engine.ownership
+    return PeerVerifier(key, own.engine_id) if key is not None and own is not None else None

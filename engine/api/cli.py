@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from engine.api.auth import Token, generate_token, parse_token
-from engine.api.server import run_forever
+from engine.api.cluster import ENV_VAR, ClusterKey, ClusterSecretError
+from engine.api.peer_url import PeerUrlError, parse_peer_url
+from engine.api.server import MISSING_CLUSTER_SECRET, run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
 from engine.domain.scale_set import EngineSettings
 from engine.engine import WorkerCrashedError
@@ -56,8 +59,15 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument(
         "--advertise-url",
         metavar="URL",
-        help="PostgreSQL: where the other servers forward commands for this server's sets "
-        "(default: the bound address)",
+        help="PostgreSQL: where the other servers forward commands for this server's sets, "
+        "exactly scheme://host:port (default: the bound address)",
+    )
+    serve.add_argument(
+        "--cluster-secret-file",
+        type=Path,
+        metavar="PATH",
+        help=f"PostgreSQL, real clock: the secret the servers of one log share to trust each "
+        f"other (at least 32 bytes; or the {ENV_VAR} environment variable)",
     )
     serve.add_argument(
         "--first-rollout-max-delay",
@@ -82,9 +92,15 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens = tuple(parse_token(t) for t in args.auth_token)
     except ValueError as exc:
         return _fail(str(exc))
-    problem = _check(args) or _check_timing(args)
+    problem = _check(args) or _check_timing(args) or _check_advertise_url(args)
     if problem:
         return _fail(problem)
+    try:
+        cluster_key = _cluster_key(args)
+    except ClusterSecretError as exc:
+        return _fail(str(exc))
+    if cluster_key is None and is_postgres_dsn(args.db) and args.clock == "real":
+        return _fail(MISSING_CLUSTER_SECRET)
     generated: Token | None = None
     if not tokens:
         generated = generate_token()
@@ -95,7 +111,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
         pg_schema=args.pg_schema, lease_ttl_s=args.lease_ttl, lease_renew_s=args.lease_renew,
-        advertise_url=args.advertise_url,
+        advertise_url=args.advertise_url, cluster_key=cluster_key,
         engine=EngineSettings(
             first_rollout_max_delay_s=args.first_rollout_max_delay,
             new_version_min_delay_s=args.new_version_delay[0],
@@ -114,7 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
         run_forever(settings, ready)
     except OSError as exc:
         return _fail(f"cannot serve on {args.host}:{args.port}: {exc}")
-    except EventStoreError as exc:
+    except (EventStoreError, PeerUrlError) as exc:
         return _fail(str(exc))
     except WorkerCrashedError as exc:
         print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
@@ -137,9 +153,6 @@ def _check(args: argparse.Namespace) -> str | None:
 
 
 def _check_timing(args: argparse.Namespace) -> str | None:
-    url = args.advertise_url
-    if url is not None and not url.startswith(("http://", "https://")):
-        return "--advertise-url must start with http:// or https://"
     if not 0 < 2 * args.lease_renew < args.lease_ttl:
         return "--lease-renew must be > 0 and under half of --lease-ttl"
     if args.first_rollout_max_delay < 0:
@@ -147,6 +160,29 @@ def _check_timing(args: argparse.Namespace) -> str | None:
     if not 0 <= args.new_version_delay[0] <= args.new_version_delay[1]:
         return "--new-version-delay needs 0 <= MIN_S <= MAX_S"
     return None
+
+
+def _check_advertise_url(args: argparse.Namespace) -> str | None:
+    if args.advertise_url is None:
+        return None
+    try:
+        url = parse_peer_url(args.advertise_url)
+    except PeerUrlError as exc:
+        return f"--advertise-url {exc}: {args.advertise_url!r}"
+    if url.startswith("https://") != (args.tls_cert is not None):
+        return "--advertise-url must use https:// exactly when --tls-cert is given"
+    return None
+
+
+def _cluster_key(args: argparse.Namespace) -> ClusterKey | None:
+    """From ``--cluster-secret-file`` or the environment (never the command line)."""
+    if args.cluster_secret_file is not None and ENV_VAR in os.environ:
+        raise ClusterSecretError(
+            f"give the cluster secret once: --cluster-secret-file or {ENV_VAR}"
+        )
+    if args.cluster_secret_file is not None:
+        return ClusterKey.from_file(args.cluster_secret_file)
+    return ClusterKey.from_env()
 
 
 def _fail(message: str) -> int:

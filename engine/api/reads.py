@@ -14,6 +14,8 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine.api.access import Role
+from engine.api.auth import ACCESS_KEY, authorize
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
@@ -80,6 +82,8 @@ class HotReads:
         parts = scope["path"].split("/") if scope["method"] == "GET" else []
         if not _plain_vmss_read(parts, scope["query_string"]):
             return None
+        if authorize(scope.get(ACCESS_KEY), Role.SUBSCRIPTION, parts[2]) is not None:
+            return None  # the routed handler refuses it
         worker = self._worker(parts[2], parts[4], parts[8])
         if worker is None:
             return None

@@ -24,11 +24,16 @@ import uvicorn
 
 from engine.api.app import build_app
 from engine.api.auth import Token
+from engine.api.peer_url import PeerUrlError, parse_peer_url
 from engine.api.service import ApiService, ServeSettings
 
 log = structlog.get_logger("osupgrade.api")
 
 GRACE_S = 10
+MISSING_CLUSTER_SECRET = (
+    "servers sharing a PostgreSQL log on a real clock authenticate each other with a "
+    "cluster secret: give it with --cluster-secret-file PATH or OSUPGRADE_CLUSTER_SECRET"
+)
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +63,8 @@ class ApiServer:
     def __init__(self, settings: ServeSettings) -> None:
         if not settings.tokens:
             raise ValueError("ApiServer needs at least one auth token")
+        if settings.shared and settings.cluster_key is None:
+            raise ValueError(MISSING_CLUSTER_SECRET)
         self.settings = settings
         self.service: ApiService | None = None
         self.base_url = ""
@@ -83,7 +90,8 @@ class ApiServer:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             self.base_url = f"{scheme}://{shown}:{port}"
-            await service.announce(settings.advertise_url or _reachable(self.base_url, host))
+            if settings.shared:
+                await service.announce(peer_url(settings, _reachable(self.base_url, host)))
             config = uvicorn.Config(
                 build_app(service, settings.tokens),
                 log_config=None,
@@ -110,6 +118,16 @@ class ApiServer:
         self._stop_requested = True
         if self._server is not None:
             self._server.should_exit = True
+
+
+def peer_url(settings: ServeSettings, bound: str) -> str:
+    """The URL announced to the other servers: ``--advertise-url`` or the bound address."""
+    url = settings.advertise_url or bound
+    try:
+        return parse_peer_url(url)
+    except PeerUrlError as exc:
+        flag = "--advertise-url" if settings.advertise_url else "the bound address"
+        raise PeerUrlError(f"{flag} {exc}: {url!r}") from None
 
 
 def _reachable(url: str, host: str) -> str:

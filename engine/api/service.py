@@ -23,6 +23,8 @@ import structlog
 
 from engine.api.auth import Token
 from engine.api.cache import RenderCache
+from engine.api.cluster import ClusterKey
+from engine.api.forward import PeerClient
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
@@ -57,6 +59,7 @@ class ServeSettings:
     lease_ttl_s: float = 15.0  # engines sharing PostgreSQL: a dead one's sets move after this
     lease_renew_s: float = 5.0
     advertise_url: str | None = None  # how other servers reach this one (default: bound URL)
+    cluster_key: ClusterKey | None = None  # servers sharing a log trust each other with it
 
     @property
     def shared(self) -> bool:
@@ -92,6 +95,7 @@ class ApiService:
         self.runner = runner
         self.advance_lock = asyncio.Lock()
         self.cache = RenderCache()
+        self.peer_client = PeerClient(settings.tls_cert)  # forwards to the other servers
 
     @property
     def clock(self) -> EngineClock:
@@ -106,9 +110,10 @@ class ApiService:
 
     async def announce(self, url: str) -> None:
         """Tell the other servers on this log where to forward commands for our sets."""
-        own = self.engine.ownership
+        own, key = self.engine.ownership, self.settings.cluster_key
         if own is not None:
-            await own.board.announce(own.engine_id, url)
+            mac = key.sign_announcement(own.engine_id, url) if key is not None else None
+            await own.board.announce(own.engine_id, url, mac)
 
     async def projected(self) -> None:
         """Wait until the projection has folded everything in the log now.
@@ -148,6 +153,7 @@ class ApiService:
             try:
                 async with runner:
                     service = cls(settings, store, engine, fleet, runner)
+                    stack.push_async_callback(service.peer_client.aclose)
                     await service.projected()  # serve no read older than the log
                     log.info("engine and projection started", db=redacted(settings.db))
                     yield service

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def test_an_unreachable_postgresql_server_is_named_without_its_password() -> Non
         [sys.executable, "-m", "engine.cli", "serve", "--db", dsn, "--port", "0",
          "--auth-token", "t"],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=60,
+        env={**os.environ, "OSUPGRADE_CLUSTER_SECRET": "c" * 32},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "cannot connect to PostgreSQL at postgresql://osupgrade:***@127.0.0.1:1" in (

@@ -16,7 +16,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from engine.leases import LeaseBoard, MemoryLeaseBoard, Ownership, fair_share
+from engine.leases import LeaseBoard, MemoryLeaseBoard, Ownership, PeerAddress, fair_share
 from engine.pg_leases import PostgresLeaseBoard
 from tests.backends import pg_dsn
 from tests.engine.harness import T0
@@ -155,9 +155,10 @@ async def test_joining_without_claiming_counts_for_the_fair_share(env: Env) -> N
 
 async def test_the_owner_of_a_set_is_reached_at_its_announced_url(env: Env) -> None:
     await env.board.add(KEYS[:2])
-    await env.board.announce("a", "http://a.example:8080")
+    await env.board.announce("a", "http://a.example:8080", "mac-of-a")
     await env.board.renew_and_claim("a")  # heartbeats keep the URL
-    assert await env.board.owner_url(KEYS[0]) == "http://a.example:8080"
-    assert await env.board.owner_url("not-a-set") is None
+    address = await env.board.owner_address(KEYS[0])
+    assert address == PeerAddress("a", "http://a.example:8080", "mac-of-a")
+    assert await env.board.owner_address("not-a-set") is None
     await env.age()
-    assert await env.board.owner_url(KEYS[0]) is None  # expired: nobody to forward to
+    assert await env.board.owner_address(KEYS[0]) is None  # expired: nobody to forward to
