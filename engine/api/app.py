@@ -132,7 +132,7 @@ async def _worker(service: ApiService, request: Request) -> ScaleSetWorker:
         worker = service.engine.scale_set(sub, rg, name)
     except ScaleSetNotFoundError:
         raise scale_set_not_found(rg, name) from None
-    await worker.loaded.wait()
+    await worker.ready()
     return worker
 
 
@@ -197,7 +197,10 @@ async def patch_scale_set(request: Request, service: ApiService) -> Response:
         merged, subscription=sub, resource_group=rg, name=_spec(worker).name, api_version=version
     )
     _same_location(service, spec)
-    await service.engine.create_or_update_scale_set(spec)
+    try:  # a PATCH never creates: a set deleted meanwhile stays deleted
+        await service.engine.create_or_update_scale_set(spec, create=False)
+    except ScaleSetNotFoundError:
+        raise scale_set_not_found(rg, spec.name) from None
     await service.projected()
     return json_response(render_scale_set(spec))
 
