@@ -33,7 +33,13 @@ from engine.domain.events import (
     gallery_stream,
     scale_set_stream,
 )
-from engine.domain.model import ScaleSetSpec, StartedBy, scale_set_key, version_key
+from engine.domain.model import (
+    ScaleSetSpec,
+    StartedBy,
+    canonical_version,
+    scale_set_key,
+    version_key,
+)
 from engine.domain.scale_set import EngineSettings, OperationNotAllowedError, ScaleSetState
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
@@ -124,6 +130,7 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._create_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()  # this engine's publishes queue, not retry
         self._failures: list[BaseException] = []
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._known: set[str] = set()  # live scale sets of the log, driven here or not
@@ -388,10 +395,15 @@ class Engine:
     # -- catalog ---------------------------------------------------------------------
 
     def _apply_catalog(self, event: object) -> None:
+        published = ImageVersionPublished | GalleryImageVersionPublished
+        again = isinstance(event, published) and self.catalog.has(event)  # first one counts
         self.catalog.apply(event)
         profile = getattr(event, "simulation", None)
-        if isinstance(self.fleet, SimulationControl) and isinstance(profile, SimulationProfile):
-            self.fleet.set_profile(event.version, profile)  # type: ignore[attr-defined]
+        if again or not isinstance(profile, SimulationProfile):
+            return
+        if isinstance(self.fleet, SimulationControl):
+            version = canonical_version(event.version)  # type: ignore[attr-defined]
+            self.fleet.set_profile(version, profile)
 
     async def publish_image_version(
         self,
@@ -412,12 +424,10 @@ class Engine:
         ):
             if not value or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
                 raise InvalidParameterError(name, f"{value!r} is not a valid {name}")
-        if version in self.catalog.versions(location, publisher, offer, sku):
-            raise OperationNotAllowedError(f"image version {version} is already published")
         event = ImageVersionPublished(
             location, publisher, offer, sku, version, simulation or SimulationProfile()
         )
-        await self._append_catalog(catalog_stream(location, publisher, offer, sku), event)
+        await self._publish(catalog_stream(location, publisher, offer, sku), event)
 
     async def publish_gallery_image_version(
         self,
@@ -439,21 +449,48 @@ class Engine:
             exclude_from_latest,
             simulation or SimulationProfile(),
         )
-        await self._append_catalog(gallery_stream(image_id), event)
+        await self._publish(gallery_stream(image_id), event)
 
     async def replicate_gallery_image_version(
         self, image_id: str, version: str, region: str
     ) -> None:
         """Record that a gallery version reached another region."""
         event = GalleryImageVersionReplicated(image_id, version, region)
-        await self._append_catalog(gallery_stream(image_id), event)
+        await self._append_catalog(gallery_stream(image_id), event, None)
 
-    async def _append_catalog(self, stream: str, event: object) -> None:
+    async def _publish(
+        self, stream: str, event: ImageVersionPublished | GalleryImageVersionPublished
+    ) -> None:
+        """Append ``event`` unless the log already has its version: one event per version.
+
+        The check reads the catalog stream itself (another engine on the log may have
+        published since this one's fold), and the append expects the stream as read, so
+        of concurrent publishes one appends and the others, on this server or another,
+        fail the append, read again and find the version there.
+        """
+        async with self.clock.participant(), self._publish_lock:
+            for _ in range(ATTEMPTS):
+                logged = Catalog()
+                records = await self.store.read_stream(stream)
+                for recorded in records:
+                    logged.apply(DOMAIN_EVENTS.decode(recorded))
+                if logged.has(event):
+                    raise OperationNotAllowedError(
+                        f"image version {event.version} is already published"
+                    )
+                try:
+                    await self._append_catalog(stream, event, len(records))
+                except ConcurrencyError:
+                    continue
+                return
+            raise CommandConflictError(f"{stream} kept changing; retry")
+
+    async def _append_catalog(self, stream: str, event: object, expected: int | None) -> None:
         async with self.clock.participant():
             new = DOMAIN_EVENTS.to_new_event(
                 event, metadata=Metadata(actor="Platform"), occurred_at=self.clock.now()
             )
-            await self.store.append(stream, [new], None)
+            await self.store.append(stream, [new], expected)
             self._apply_catalog(event)
             for worker in self._workers.values():
                 worker.nudge()
@@ -799,3 +836,8 @@ def _resolve_version(spec: ScaleSetSpec, catalog: Catalog) -> str:
 def _check_version(version: str) -> None:
     if not _VERSION.fullmatch(version):
         raise InvalidParameterError("version", f"{version!r} is not of the form major.minor.patch")
+    canonical = canonical_version(version)
+    if canonical != version:
+        raise InvalidParameterError(
+            "version", f"{version!r} has leading zeros; the version is written {canonical!r}"
+        )

@@ -49,7 +49,7 @@ from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
-from engine.domain.model import ScaleSetSpec
+from engine.domain.model import ScaleSetSpec, canonical_version
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
@@ -380,7 +380,7 @@ async def list_image_versions(request: Request, service: ApiService) -> Response
 async def get_image_version(request: Request, service: ApiService) -> Response:
     """GET .../versions/{version}."""
     loc, pub, offer, sku = _family(request)
-    version = request.path_params["version"]
+    version = canonical_version(request.path_params["version"])  # the catalog's spelling
     if version not in service.engine.catalog.versions(loc, pub, offer, sku):
         raise not_found(f"Artifact: VMImage version {version} was not found.")
     sub = request.path_params["sub"]
