@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.api.auth import Token, generate_token, parse_token
+from engine.api.log_lock import LogInUseError
 from engine.api.server import run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
 from engine.domain.scale_set import EngineSettings
@@ -114,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
         run_forever(settings, ready)
     except OSError as exc:
         return _fail(f"cannot serve on {args.host}:{args.port}: {exc}")
-    except EventStoreError as exc:
+    except (EventStoreError, LogInUseError) as exc:
         return _fail(str(exc))
     except WorkerCrashedError as exc:
         print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
