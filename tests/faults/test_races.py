@@ -17,7 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.domain.events import ScaleSetCreated, ScaleSetDeleted, ScaleSetModelUpdated
+from engine.domain.events import (
+    DOMAIN_EVENTS,
+    LeaseAcquired,
+    ScaleSetCreated,
+    ScaleSetDeleted,
+    ScaleSetModelUpdated,
+)
 from engine.domain.grouping import decode_all
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.engine import (
@@ -26,6 +32,7 @@ from engine.engine import (
     ScaleSetNotFoundError,
     WorkerCrashedError,
 )
+from events import Fence, Metadata
 from tests.api import live as api
 from tests.api.errors_bodies import valid_bodies
 from tests.api.live import API, TOKEN, LiveServer, live_server, vmss_path
@@ -280,3 +287,19 @@ async def test_commands_queued_on_a_worker_whose_lease_is_lost_go_to_the_new_own
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_command_fenced_off_by_a_newer_lease_goes_to_the_new_owner_not_500() -> None:
+    cluster = Cluster()
+    await cluster.start(1, sets=1, capacity=2)
+    engine = cluster.engines[0]
+    key = f"{SUB}/{RG}/set0".lower()
+    await cluster.run_until(lambda: _true(engine.drives(key)))
+    worker = engine.scale_set(SUB, RG, "set0")
+    assert worker.token is not None
+    newer = LeaseAcquired("engine-elsewhere", worker.token + 1)  # what a new owner writes
+    new = DOMAIN_EVENTS.to_new_event(newer, metadata=Metadata(), occurred_at=cluster.clock.now())
+    await cluster.store.append(f"vmss-{key}", [new], None, fence=Fence(key, worker.token + 1))
+    outcome = await asyncio.wait_for(_outcome(engine.start_os_upgrade(SUB, RG, "set0")), 10)
+    assert outcome is NotOwnedHereError  # the API forwards it to whoever holds the lease
+    await cluster.stop()
