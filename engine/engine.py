@@ -66,7 +66,7 @@ _CATALOG_TYPES = [
 ]
 _FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
 RESTART_MAX_S = 60  # longest pause before a worker stopped by an unreachable log restarts
-ATTEMPTS = 3  # a command whose worker stopped first is resubmitted at most this often
+ATTEMPTS = 3  # tries of a command whose worker stopped first, or of a publish that raced
 
 
 class ScaleSetNotFoundError(LookupError):
@@ -517,7 +517,7 @@ class Engine:
                 try:
                     await worker.submit(lambda w: _update_model(w, spec, self.catalog))
                 except WorkerGoneError:
-                    self._check_not_stopping(spec.key)
+                    self._after_worker_gone(spec.key)
                     continue
                 return False
             raise CommandConflictError(f"scale set {spec.key} kept changing; retry")
@@ -652,24 +652,22 @@ class Engine:
     async def scale_set_state(
         self, subscription: str, resource_group: str, name: str
     ) -> ScaleSetState:
-        """A live scale set's state: its worker's fold, or the log's if another engine drives it.
+        """A live scale set's state: its worker's fold, or the log's if another engine drives
+        it or its worker stopped before it had loaded.
 
         Reads never need the owner: the log has everything (the fold may trail the owner's
         decisions by its commits).
         """
         try:
             worker = self.scale_set(subscription, resource_group, name)
-        except NotOwnedHereError:
+            await worker.ready()
+        except (NotOwnedHereError, WorkerGoneError):  # driven elsewhere, or its worker stopped
             state = await read_scale_set(
                 self.store, scale_set_key(subscription, resource_group, name)
             )
             if state.spec is None or state.deleted:
                 raise ScaleSetNotFoundError(f"scale set {name} not found") from None
             return state
-        try:
-            await worker.ready()
-        except WorkerGoneError:
-            raise CommandConflictError(f"scale set {worker.key} is restarting") from None
         return worker.state
 
     async def latest_upgrade(
@@ -760,10 +758,10 @@ class Engine:
                 try:
                     return await worker.submit(command)
                 except WorkerGoneError:
-                    self._check_not_stopping(key)
+                    self._after_worker_gone(key)
             raise CommandConflictError(f"scale set {key} kept changing; retry")
 
-    def _check_not_stopping(self, key: str) -> None:
+    def _after_worker_gone(self, key: str) -> None:
         """After ``WorkerGoneError``: refuse with 409 where looking again cannot help."""
         if self._stopping:
             raise CommandConflictError(f"the engine is stopping; scale set {key} was not changed")

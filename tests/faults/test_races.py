@@ -303,3 +303,35 @@ async def test_a_command_fenced_off_by_a_newer_lease_goes_to_the_new_owner_not_5
     outcome = await asyncio.wait_for(_outcome(engine.start_os_upgrade(SUB, RG, "set0")), 10)
     assert outcome is NotOwnedHereError  # the API forwards it to whoever holds the lease
     await cluster.stop()
+
+
+async def test_a_read_waiting_for_a_worker_that_dies_while_loading_is_answered() -> None:
+    gate = _Gate()
+    answers: list[object] = []
+    with pytest.raises(WorkerCrashedError):  # the engine reports the crash when it stops
+        await _read_while_the_worker_dies_loading(gate, answers)
+    assert len(answers) == 1, "a read waiting for a worker that never loaded hung"
+    assert getattr(answers[0], "spec", None) == spec("web", 2)  # folded from the log
+
+
+async def _read_while_the_worker_dies_loading(gate: _Gate, answers: list[object]) -> None:
+    async with world(autojump=False) as w:
+        provision = w.fleet.provision
+        calls = 0
+
+        async def second_call_held(*args: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the create's own call
+                return await provision(*args)
+            await gate.apply()  # the worker's load: held, then it fails
+
+        w.fleet.provision = second_call_held  # type: ignore[method-assign]
+        await w.create(spec("web", 2))
+        await asyncio.wait_for(gate.entered.wait(), DEADLINE_S)
+        read = asyncio.ensure_future(w.engine.scale_set_state(SUB, RG, "web"))
+        await asyncio.sleep(0)  # the read waits for the worker to load
+        gate.error = RuntimeError("the fleet is unreachable")
+        gate.release.set()
+        done, _ = await asyncio.wait({read}, timeout=DEADLINE_S)
+        answers += [task.result() for task in done]
