@@ -33,15 +33,28 @@ from engine.domain.events import (
     gallery_stream,
     scale_set_stream,
 )
-from engine.domain.model import ScaleSetSpec, StartedBy, scale_set_key, version_key
+from engine.domain.model import (
+    ScaleSetSpec,
+    StartedBy,
+    canonical_version,
+    scale_set_key,
+    version_key,
+)
 from engine.domain.scale_set import EngineSettings, OperationNotAllowedError, ScaleSetState
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
-from engine.worker import ScaleSetWorker, WorkerContext, read_scale_set
-from events import EventStore, FencedError, Metadata, RecordedEvent, StoreUnavailableError
+from engine.worker import ScaleSetWorker, WorkerContext, WorkerGoneError, read_scale_set
+from events import (
+    ConcurrencyError,
+    EventStore,
+    FencedError,
+    Metadata,
+    RecordedEvent,
+    StoreUnavailableError,
+)
 
 log = structlog.get_logger("osupgrade.engine")
 
@@ -53,6 +66,7 @@ _CATALOG_TYPES = [
 ]
 _FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
 RESTART_MAX_S = 60  # longest pause before a worker stopped by an unreachable log restarts
+ATTEMPTS = 3  # tries of a command whose worker stopped first, or of a publish that raced
 
 
 class ScaleSetNotFoundError(LookupError):
@@ -73,6 +87,12 @@ class WorkerCrashedError(RuntimeError):
 
 class WorkerRestartingError(RuntimeError):
     """The log could not be reached; the scale set's worker restarts shortly (retry)."""
+
+
+class CommandConflictError(RuntimeError):
+    """The command met a concurrent change it could not be ordered after (the set's
+    worker stopped before running it, or another writer won a race for the same
+    stream): nothing was decided for it, and a retry sees the new state (HTTP 409)."""
 
 
 class EngineStalledError(RuntimeError):
@@ -110,11 +130,13 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._create_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()  # this engine's publishes queue, not retry
         self._failures: list[BaseException] = []
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._known: set[str] = set()  # live scale sets of the log, driven here or not
         self._restarting: dict[str, int] = {}  # key -> attempts, while the log is unreachable
         self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
+        self._stopping = False
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
             UpgradeSlots(clock, self.settings.max_concurrent_upgrades), self._notify,
@@ -277,6 +299,7 @@ class Engine:
         With ``ownership`` the leases are released afterwards, so other engines take
         the scale sets over at their next lease step instead of after the TTL.
         """
+        self._stopping = True
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -305,6 +328,7 @@ class Engine:
         task = asyncio.create_task(worker.run(participation), name=f"worker:{key}")
         self._tasks[key] = task
         task.add_done_callback(lambda t: self._worker_done(key, t))
+        task.add_done_callback(lambda _: worker.close())  # answers what it never ran
         if isinstance(participation, Participation):
             task.add_done_callback(lambda _: participation.release())
         return worker
@@ -371,10 +395,15 @@ class Engine:
     # -- catalog ---------------------------------------------------------------------
 
     def _apply_catalog(self, event: object) -> None:
+        published = ImageVersionPublished | GalleryImageVersionPublished
+        again = isinstance(event, published) and self.catalog.has(event)  # first one counts
         self.catalog.apply(event)
         profile = getattr(event, "simulation", None)
-        if isinstance(self.fleet, SimulationControl) and isinstance(profile, SimulationProfile):
-            self.fleet.set_profile(event.version, profile)  # type: ignore[attr-defined]
+        if again or not isinstance(profile, SimulationProfile):
+            return
+        if isinstance(self.fleet, SimulationControl):
+            version = canonical_version(event.version)  # type: ignore[attr-defined]
+            self.fleet.set_profile(version, profile)
 
     async def publish_image_version(
         self,
@@ -395,12 +424,10 @@ class Engine:
         ):
             if not value or not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", value):
                 raise InvalidParameterError(name, f"{value!r} is not a valid {name}")
-        if version in self.catalog.versions(location, publisher, offer, sku):
-            raise OperationNotAllowedError(f"image version {version} is already published")
         event = ImageVersionPublished(
             location, publisher, offer, sku, version, simulation or SimulationProfile()
         )
-        await self._append_catalog(catalog_stream(location, publisher, offer, sku), event)
+        await self._publish(catalog_stream(location, publisher, offer, sku), event)
 
     async def publish_gallery_image_version(
         self,
@@ -422,55 +449,100 @@ class Engine:
             exclude_from_latest,
             simulation or SimulationProfile(),
         )
-        await self._append_catalog(gallery_stream(image_id), event)
+        await self._publish(gallery_stream(image_id), event)
 
     async def replicate_gallery_image_version(
         self, image_id: str, version: str, region: str
     ) -> None:
         """Record that a gallery version reached another region."""
         event = GalleryImageVersionReplicated(image_id, version, region)
-        await self._append_catalog(gallery_stream(image_id), event)
+        await self._append_catalog(gallery_stream(image_id), event, None)
 
-    async def _append_catalog(self, stream: str, event: object) -> None:
+    async def _publish(
+        self, stream: str, event: ImageVersionPublished | GalleryImageVersionPublished
+    ) -> None:
+        """Append ``event`` unless the log already has its version: one event per version.
+
+        The check reads the catalog stream itself (another engine on the log may have
+        published since this one's fold), and the append expects the stream as read, so
+        of concurrent publishes one appends and the others, on this server or another,
+        fail the append, read again and find the version there.
+        """
+        async with self.clock.participant(), self._publish_lock:
+            for _ in range(ATTEMPTS):
+                logged = Catalog()
+                records = await self.store.read_stream(stream)
+                for recorded in records:
+                    logged.apply(DOMAIN_EVENTS.decode(recorded))
+                if logged.has(event):
+                    raise OperationNotAllowedError(
+                        f"image version {event.version} is already published"
+                    )
+                try:
+                    await self._append_catalog(stream, event, len(records))
+                except ConcurrencyError:
+                    continue
+                return
+            raise CommandConflictError(f"{stream} kept changing; retry")
+
+    async def _append_catalog(self, stream: str, event: object, expected: int | None) -> None:
         async with self.clock.participant():
             new = DOMAIN_EVENTS.to_new_event(
                 event, metadata=Metadata(actor="Platform"), occurred_at=self.clock.now()
             )
-            await self.store.append(stream, [new], None)
+            await self.store.append(stream, [new], expected)
             self._apply_catalog(event)
             for worker in self._workers.values():
                 worker.nudge()
 
     # -- scale sets ------------------------------------------------------------------
 
-    async def create_or_update_scale_set(self, spec: ScaleSetSpec) -> bool:
-        """Create the scale set or update its model; return True if it was created."""
+    async def create_or_update_scale_set(self, spec: ScaleSetSpec, *, create: bool = True) -> bool:
+        """Create the scale set or update its model; return True if it was created.
+
+        An update whose worker stops first (the set was deleted meanwhile, say) is
+        decided again: a PUT then creates the set anew, as it would have after the
+        delete. With ``create=False`` (a PATCH) a missing set is ``ScaleSetNotFoundError``.
+        """
         validate_scale_set(spec)
         async with self.clock.participant():
-            async with self._create_lock:
-                worker = self._live_worker(spec.key)
+            for _ in range(ATTEMPTS):
+                async with self._create_lock:
+                    worker = self._live_worker(spec.key)
+                    if worker is None and create:
+                        await self._create(spec)
+                        return True
                 if worker is None:
-                    await self._create(spec)
-                    return True
-            await worker.submit(lambda w: _update_model(w, spec, self.catalog))
-            return False
+                    raise ScaleSetNotFoundError(f"scale set {spec.name} not found")
+                try:
+                    await worker.submit(lambda w: _update_model(w, spec, self.catalog))
+                except WorkerGoneError:
+                    self._after_worker_gone(spec.key)
+                    continue
+                return False
+            raise CommandConflictError(f"scale set {spec.key} kept changing; retry")
 
     async def _create(self, spec: ScaleSetSpec) -> None:
         version = _resolve_version(spec, self.catalog)
         versions = dict.fromkeys(spec.instance_ids(), version)
         stream = scale_set_stream(spec.key)
+        previous = self._tasks.get(spec.key)
+        if previous is not None:  # a deleted set's worker still commits: let it finish
+            await asyncio.wait({previous})
         expected = await self.store.stream_version(stream)
         if self.ownership is not None and expected:  # another engine may have just created it
-            logged = await read_scale_set(self.store, spec.key)
-            if logged.spec is not None and not logged.deleted:
-                raise NotOwnedHereError(spec.key)
+            await self._check_not_created(spec.key)
         event = ScaleSetCreated(spec, versions)
         new = DOMAIN_EVENTS.to_new_event(
             event,
             metadata=Metadata(correlation_id=spec.key, actor="User"),
             occurred_at=self.clock.now(),
         )
-        await self.store.append(stream, [new], expected)
+        try:
+            await self.store.append(stream, [new], expected)
+        except ConcurrencyError:  # another engine on the log created (or deleted) it first
+            await self._check_not_created(spec.key)
+            raise CommandConflictError(f"scale set {spec.key} changed meanwhile; retry") from None
         await self.fleet.provision(spec, versions)
         self._known.add(spec.key)
         if self.ownership is None:
@@ -479,17 +551,27 @@ class Engine:
             await self.ownership.board.add([spec.key])
         log.info("scale set created", scale_set=spec.key, capacity=spec.capacity, version=version)
 
+    async def _check_not_created(self, key: str) -> None:
+        """Raise ``NotOwnedHereError`` if the log has ``key`` live: the PUT is an update
+        for the engine that created it (forwarded to it, as any command would be)."""
+        logged = await read_scale_set(self.store, key)
+        if logged.spec is not None and not logged.deleted:
+            raise NotOwnedHereError(key)
+
     async def delete_scale_set(self, subscription: str, resource_group: str, name: str) -> None:
         """Delete a scale set (refused while an upgrade runs)."""
         key = scale_set_key(subscription, resource_group, name)
+        deleted: list[ScaleSetWorker] = []
 
         async def delete(worker: ScaleSetWorker) -> None:
             if worker.upgrade is not None:
                 raise OperationNotAllowedError("a rolling upgrade is in progress; cancel it first")
             await worker.append_set(ScaleSetDeleted(key), actor="User")
+            deleted.append(worker)
 
         await self._submit(key, delete)
-        self._workers.pop(key, None)
+        if deleted and self._workers.get(key) is deleted[0]:  # not a set created since
+            self._workers.pop(key)
 
     # -- upgrades --------------------------------------------------------------------
 
@@ -570,21 +652,22 @@ class Engine:
     async def scale_set_state(
         self, subscription: str, resource_group: str, name: str
     ) -> ScaleSetState:
-        """A live scale set's state: its worker's fold, or the log's if another engine drives it.
+        """A live scale set's state: its worker's fold, or the log's if another engine drives
+        it or its worker stopped before it had loaded.
 
         Reads never need the owner: the log has everything (the fold may trail the owner's
         decisions by its commits).
         """
         try:
             worker = self.scale_set(subscription, resource_group, name)
-        except NotOwnedHereError:
+            await worker.ready()
+        except (NotOwnedHereError, WorkerGoneError):  # driven elsewhere, or its worker stopped
             state = await read_scale_set(
                 self.store, scale_set_key(subscription, resource_group, name)
             )
             if state.spec is None or state.deleted:
                 raise ScaleSetNotFoundError(f"scale set {name} not found") from None
             return state
-        await worker.loaded.wait()
         return worker.state
 
     async def latest_upgrade(
@@ -659,11 +742,31 @@ class Engine:
             await self.clock.wait_quiet()
 
     async def _submit(self, key: str, command: Any) -> Any:
-        worker = self._live_worker(key)
-        if worker is None:
-            raise ScaleSetNotFoundError(f"scale set {key} not found")
+        """Run ``command`` in the worker of ``key``, wherever the set is by then.
+
+        A worker that stops before running it (deleted, crashed, lease lost, stopped)
+        answers ``WorkerGoneError`` once the engine has taken note; the command then
+        goes to whoever drives the set now, or gets that answer: 404 if it was
+        deleted, the owner's answer if another engine took it over. The caller's clock
+        participation ends with the answer, so nothing can hold the clock forever.
+        """
         async with self.clock.participant():
-            return await worker.submit(command)
+            for _ in range(ATTEMPTS):
+                worker = self._live_worker(key)
+                if worker is None:
+                    raise ScaleSetNotFoundError(f"scale set {key} not found")
+                try:
+                    return await worker.submit(command)
+                except WorkerGoneError:
+                    self._after_worker_gone(key)
+            raise CommandConflictError(f"scale set {key} kept changing; retry")
+
+    def _after_worker_gone(self, key: str) -> None:
+        """After ``WorkerGoneError``: refuse with 409 where looking again cannot help."""
+        if self._stopping:
+            raise CommandConflictError(f"the engine is stopping; scale set {key} was not changed")
+        if key in self._crashed:  # the set is not gone: its worker failed under the command
+            raise CommandConflictError(f"the worker of scale set {key} stopped; retry")
 
     def drives(self, key: str) -> bool:
         """True if this engine's worker drives scale set ``key`` now."""
@@ -731,3 +834,8 @@ def _resolve_version(spec: ScaleSetSpec, catalog: Catalog) -> str:
 def _check_version(version: str) -> None:
     if not _VERSION.fullmatch(version):
         raise InvalidParameterError("version", f"{version!r} is not of the form major.minor.patch")
+    canonical = canonical_version(version)
+    if canonical != version:
+        raise InvalidParameterError(
+            "version", f"{version!r} has leading zeros; the version is written {canonical!r}"
+        )

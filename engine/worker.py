@@ -60,6 +60,15 @@ log = structlog.get_logger("osupgrade.worker")
 Command = Callable[["ScaleSetWorker"], Awaitable[Any]]
 
 
+class WorkerGoneError(RuntimeError):
+    """The worker stopped before it answered the command (deleted, crashed, lease lost,
+    cancelled): the caller asks the engine again who drives the scale set now."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the worker of scale set {key} stopped before it ran the command")
+        self.key = key
+
+
 @dataclass
 class _Request:
     command: Command
@@ -99,6 +108,9 @@ class ScaleSetWorker:
         self._durable = asyncio.Event()  # set while nothing appended is uncommitted
         self._durable.set()
         self._inbox: deque[_Request] = deque()
+        self._current: _Request | None = None  # the command running now
+        self._closed = False  # stopped: nothing submitted from now on will run
+        self._stopped = asyncio.Event()
         self._wake = ctx.clock.signal()
         self._due: datetime | None = None  # the instant the last timed wait was for
         self._forecast = ctx.fleet if isinstance(ctx.fleet, HealthForecast) else None
@@ -108,11 +120,48 @@ class ScaleSetWorker:
     # -- commands ------------------------------------------------------------------
 
     async def submit(self, command: Command) -> Any:
-        """Run ``command`` inside the worker's sequence and return its result."""
+        """Run ``command`` inside the worker's sequence and return its result.
+
+        Raises ``WorkerGoneError`` if the worker stops before it has answered.
+        """
+        if self._closed:
+            raise WorkerGoneError(self.key)
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inbox.append(_Request(command, reply))
         self._wake.set()
         return await reply
+
+    def close(self) -> None:
+        """The worker's task has ended: answer every command it will never run.
+
+        Called once the task is done (a done callback, so whatever else reacts to the
+        task's end has run before a caller hears ``WorkerGoneError`` and looks again).
+        Idempotent; safe for a task that was cancelled before it ever ran.
+        """
+        self._closed = True
+        self._stopped.set()
+        unanswered = [self._current, *self._inbox] if self._current else list(self._inbox)
+        self._inbox.clear()
+        self._current = None
+        for request in unanswered:
+            if not request.reply.done():
+                request.reply.set_exception(WorkerGoneError(self.key))
+
+    @property
+    def closed(self) -> bool:
+        """True once the worker has stopped for good."""
+        return self._closed
+
+    async def ready(self) -> None:
+        """Wait until the worker has loaded; ``WorkerGoneError`` if it stops first."""
+        if not self.loaded.is_set() and not self._closed:
+            loaded = asyncio.ensure_future(self.loaded.wait())
+            stopped = asyncio.ensure_future(self._stopped.wait())
+            await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            loaded.cancel()
+            stopped.cancel()
+        if not self.loaded.is_set():
+            raise WorkerGoneError(self.key)
 
     def nudge(self) -> None:
         """Ask the worker to look again (e.g. a new image version was published)."""
@@ -287,15 +336,21 @@ class ScaleSetWorker:
         return due if due is not None and due <= now else now
 
     async def _handle(self, request: _Request) -> None:
+        self._current = request
         try:
             result = await request.command(self)
             await self.flush()
-        except Exception as exc:  # noqa: BLE001 - the caller gets its own error back
-            if not request.reply.done():
+        except Exception as exc:
+            if self._append_error is not None:
+                # The log refused or lost an append: the worker stops here, and the
+                # caller hears WorkerGoneError and asks again who drives the set.
+                raise
+            if not request.reply.done():  # the command's own refusal, for its caller
                 request.reply.set_exception(exc)
         else:
             if not request.reply.done():
                 request.reply.set_result(result)
+        self._current = None
 
     async def _maybe_schedule(self) -> bool:
         spec = self.state.spec

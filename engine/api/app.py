@@ -51,7 +51,7 @@ from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
-from engine.domain.model import ScaleSetSpec
+from engine.domain.model import ScaleSetSpec, canonical_version
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
@@ -157,7 +157,7 @@ async def _worker(service: ApiService, request: Request) -> ScaleSetWorker:
         worker = service.engine.scale_set(sub, rg, name)
     except ScaleSetNotFoundError:
         raise scale_set_not_found(rg, name) from None
-    await worker.loaded.wait()
+    await worker.ready()
     return worker
 
 
@@ -222,7 +222,10 @@ async def patch_scale_set(request: Request, service: ApiService) -> Response:
         merged, subscription=sub, resource_group=rg, name=_spec(worker).name, api_version=version
     )
     _same_location(service, spec)
-    await service.engine.create_or_update_scale_set(spec)
+    try:  # a PATCH never creates: a set deleted meanwhile stays deleted
+        await service.engine.create_or_update_scale_set(spec, create=False)
+    except ScaleSetNotFoundError:
+        raise scale_set_not_found(rg, spec.name) from None
     await service.projected()
     return json_response(render_scale_set(spec))
 
@@ -402,7 +405,7 @@ async def list_image_versions(request: Request, service: ApiService) -> Response
 async def get_image_version(request: Request, service: ApiService) -> Response:
     """GET .../versions/{version}."""
     loc, pub, offer, sku = _family(request)
-    version = request.path_params["version"]
+    version = canonical_version(request.path_params["version"])  # the catalog's spelling
     if version not in service.engine.catalog.versions(loc, pub, offer, sku):
         raise not_found(f"Artifact: VMImage version {version} was not found.")
     sub = request.path_params["sub"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.api.auth import Token, generate_token, parse_token
 from engine.api.cluster import ENV_VAR, ClusterKey, ClusterSecretError
+from engine.api.log_lock import LogInUseError
 from engine.api.peer_url import PeerUrlError, parse_peer_url
 from engine.api.server import MISSING_CLUSTER_SECRET, run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
@@ -130,7 +131,7 @@ def run_serve(args: argparse.Namespace) -> int:
         run_forever(settings, ready)
     except OSError as exc:
         return _fail(f"cannot serve on {args.host}:{args.port}: {exc}")
-    except (EventStoreError, PeerUrlError) as exc:
+    except (EventStoreError, LogInUseError, PeerUrlError) as exc:
         return _fail(str(exc))
     except WorkerCrashedError as exc:
         print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)

@@ -15,7 +15,13 @@ from starlette.responses import Response
 
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.domain.validation import InvalidParameterError
-from engine.engine import NotOwnedHereError, ScaleSetNotFoundError, WorkerRestartingError
+from engine.engine import (
+    CommandConflictError,
+    NotOwnedHereError,
+    ScaleSetNotFoundError,
+    WorkerRestartingError,
+)
+from engine.worker import WorkerGoneError
 
 
 class ApiError(Exception):
@@ -73,6 +79,8 @@ def from_domain(exc: Exception) -> ApiError | None:
         return ApiError(409, "OperationNotAllowed", str(exc))
     if isinstance(exc, NotOwnedHereError):  # several servers share the log: ask its owner
         return ApiError(409, "OperationNotAllowed", str(exc))
+    if isinstance(exc, CommandConflictError | WorkerGoneError):  # raced a change: retry
+        return ApiError(409, "Conflict", str(exc))
     if isinstance(exc, WorkerRestartingError):  # the database is back soon: retry
         return ApiError(503, "ServiceUnavailable", str(exc))
     return None

@@ -29,6 +29,7 @@ from engine.domain.model import (
     RollingUpgradePolicy,
     ScaleSetSpec,
     UpgradePolicy,
+    canonical_version,
 )
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 
@@ -405,6 +406,9 @@ def parse_image(value: Any, path: str) -> ImageReference:
         version = "latest"
     elif not _VERSION.fullmatch(version):
         raise invalid(f"{path}.version", "must be 'latest' or of the form major.minor.patch")
+    elif canonical_version(version) != version:  # one spelling per version, as published
+        canonical = canonical_version(version)
+        raise invalid(f"{path}.version", f"has leading zeros; the version is written {canonical!r}")
     return ImageReference(
         _string(obj, "publisher", path), _string(obj, "offer", path), _string(obj, "sku", path),
         version,

@@ -25,6 +25,7 @@ from engine.api.auth import Token
 from engine.api.cache import RenderCache
 from engine.api.cluster import ClusterKey
 from engine.api.forward import PeerClient
+from engine.api.log_lock import serving_lock
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
@@ -142,6 +143,8 @@ class ApiService:
                 await stack.enter_async_context(board)
                 clock = await board.shared_clock(settings.speed, settings.start or _now())
                 ownership = Ownership(board, engine_id(), renew_s=settings.lease_renew_s)
+            if not settings.postgres:  # one server per SQLite file: refuse a second one
+                stack.enter_context(serving_lock(Path(settings.db)))
             store, tables = _log(settings, clock)
             fleet = SimulatedFleet(clock, seed=settings.seed, journal=settings.fleet_journal)
             await stack.enter_async_context(store)

@@ -10,7 +10,7 @@ from engine.domain.events import (
     ImageVersionPublished,
     SimulationProfile,
 )
-from engine.domain.model import ImageReference, version_key
+from engine.domain.model import ImageReference, canonical_version, version_key
 
 
 @dataclass
@@ -32,7 +32,12 @@ class Catalog:
     gallery: dict[str, dict[str, GalleryVersion]] = field(default_factory=dict)
 
     def apply(self, event: object) -> None:
-        """Fold one catalog event."""
+        """Fold one catalog event, keyed by the canonical version.
+
+        A version is published once: a later publish of the same version (which older
+        logs may hold, or an engine following the log sees after its own) changes
+        nothing, so every engine folds the same catalog whatever the order it saw.
+        """
         if isinstance(event, ImageVersionPublished):
             key = (
                 event.location.lower(),
@@ -40,16 +45,29 @@ class Catalog:
                 event.offer.lower(),
                 event.sku.lower(),
             )
-            self.platform.setdefault(key, {})[event.version] = event.simulation
+            platform = self.platform.setdefault(key, {})
+            platform.setdefault(canonical_version(event.version), event.simulation)
         elif isinstance(event, GalleryImageVersionPublished):
             versions = self.gallery.setdefault(event.image_id.lower(), {})
-            versions[event.version] = GalleryVersion(
-                {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
+            versions.setdefault(
+                canonical_version(event.version),
+                GalleryVersion(
+                    {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
+                ),
             )
         elif isinstance(event, GalleryImageVersionReplicated):
-            found = self.gallery.get(event.image_id.lower(), {}).get(event.version)
+            gallery = self.gallery.get(event.image_id.lower(), {})
+            found = gallery.get(canonical_version(event.version))
             if found is not None:
                 found.regions.add(event.region.lower())
+
+    def has(self, event: ImageVersionPublished | GalleryImageVersionPublished) -> bool:
+        """True if the version ``event`` publishes is already in the catalog."""
+        version = canonical_version(event.version)
+        if isinstance(event, GalleryImageVersionPublished):
+            return version in self.gallery.get(event.image_id.lower(), {})
+        family = (event.publisher, event.offer, event.sku)
+        return version in self.versions(event.location, *family)
 
     def versions(self, location: str, publisher: str, offer: str, sku: str) -> list[str]:
         """Platform versions of one image family in one location, oldest first."""

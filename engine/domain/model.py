@@ -173,6 +173,18 @@ def scale_set_key(subscription: str, resource_group: str, name: str) -> str:
     return f"{subscription}/{resource_group}/{name}".lower()
 
 
+def canonical_version(version: str) -> str:
+    """The one spelling of a numeric version: no leading zeros ("01.0.00" -> "1.0.0").
+
+    New versions must already be canonical; logs written before that rule may hold
+    other spellings, and the catalog folds each under its canonical form.
+    """
+    parts = version.split(".")
+    if not all(part.isdecimal() for part in parts):
+        return version
+    return ".".join(str(int(part)) for part in parts)
+
+
 def version_key(version: str) -> tuple[int, ...]:
     """Order image versions numerically ("1.10.0" > "1.9.3")."""
     try:
