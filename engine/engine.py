@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -39,6 +39,7 @@ from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
+from engine.reimaging import request_reimage
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext, read_scale_set
 from events import EventStore, FencedError, Metadata, RecordedEvent, StoreUnavailableError
@@ -53,6 +54,9 @@ _CATALOG_TYPES = [
 ]
 _FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
 RESTART_MAX_S = 60  # longest pause before a worker stopped by an unreachable log restarts
+
+
+Precondition = Callable[[ScaleSetState | None], None]  # raises to refuse a write
 
 
 class ScaleSetNotFoundError(LookupError):
@@ -443,16 +447,29 @@ class Engine:
 
     # -- scale sets ------------------------------------------------------------------
 
-    async def create_or_update_scale_set(self, spec: ScaleSetSpec) -> bool:
-        """Create the scale set or update its model; return True if it was created."""
+    async def create_or_update_scale_set(
+        self, spec: ScaleSetSpec, precondition: Precondition | None = None
+    ) -> bool:
+        """Create the scale set or update its model; return True if it was created.
+
+        ``precondition`` sees the current state (None when there is no such set) in the
+        same step as the write and may refuse it by raising.
+        """
         validate_scale_set(spec)
+        check = precondition or _unconditional
         async with self.clock.participant():
             async with self._create_lock:
                 worker = self._live_worker(spec.key)
                 if worker is None:
+                    check(None)
                     await self._create(spec)
                     return True
-            await worker.submit(lambda w: _update_model(w, spec, self.catalog))
+
+            async def update(w: ScaleSetWorker) -> None:
+                check(w.state)
+                await _update_model(w, spec, self.catalog)
+
+            await worker.submit(update)
             return False
 
     async def _create(self, spec: ScaleSetSpec) -> None:
@@ -479,11 +496,18 @@ class Engine:
             await self.ownership.board.add([spec.key])
         log.info("scale set created", scale_set=spec.key, capacity=spec.capacity, version=version)
 
-    async def delete_scale_set(self, subscription: str, resource_group: str, name: str) -> None:
-        """Delete a scale set (refused while an upgrade runs)."""
+    async def delete_scale_set(
+        self,
+        subscription: str,
+        resource_group: str,
+        name: str,
+        precondition: Precondition | None = None,
+    ) -> None:
+        """Delete a scale set (refused while an upgrade runs, or by ``precondition``)."""
         key = scale_set_key(subscription, resource_group, name)
 
         async def delete(worker: ScaleSetWorker) -> None:
+            (precondition or _unconditional)(worker.state)
             if worker.upgrade is not None:
                 raise OperationNotAllowedError("a rolling upgrade is in progress; cancel it first")
             await worker.append_set(ScaleSetDeleted(key), actor="User")
@@ -551,6 +575,23 @@ class Engine:
             return upgrade.request.upgrade_id
 
         return str(await self._submit(scale_set_key(subscription, resource_group, name), approve))
+
+    async def reimage(
+        self,
+        subscription: str,
+        resource_group: str,
+        name: str,
+        kind: str,
+        instance_ids: Sequence[str] | None = None,
+    ) -> str:
+        """Reimage instances (``kind`` ``reimage``) or give them the model's image
+        (``manualupgrade``), all when ``instance_ids`` is None; returns the operation id."""
+        key = scale_set_key(subscription, resource_group, name)
+
+        async def command(worker: ScaleSetWorker) -> str:
+            return await request_reimage(worker, self.catalog, kind, instance_ids)
+
+        return str(await self._submit(key, command))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -708,6 +749,10 @@ async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Cat
     enabled = spec.policy.automatic.enable_automatic_os_upgrade
     newly = enabled and not old.policy.automatic.enable_automatic_os_upgrade
     await worker.append_set(ScaleSetModelUpdated(spec, newly, versions), actor="User")
+
+
+def _unconditional(state: ScaleSetState | None) -> None:
+    """The precondition of a write without ``If-Match`` / ``If-None-Match``."""
 
 
 def _is_active(worker: ScaleSetWorker, upgrade_id: str) -> bool:
