@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("osupgrade.api")
 
 FORWARDED = "x-osupgrade-forwarded-by"
-_PASSED_ON = ("authorization", "content-type", "accept", "x-ms-client-request-id")
+_PASSED_ON = ("authorization", "content-type", "accept", "x-ms-client-request-id", "if-match",
+              "if-none-match")  # fmt: skip
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive", "server"}
 TIMEOUT_S = 60.0
 
