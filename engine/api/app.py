@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -64,7 +65,7 @@ from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
-from engine.api.versions import for_version
+from engine.api.versions import complete, for_version
 from engine.domain.model import ScaleSetSpec
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
@@ -364,6 +365,9 @@ async def get_latest(request: Request, service: ApiService) -> Response:
     body = latest_body(service, _model(await _state(service, request)).key)
     if body is None:
         raise not_found("The entity was not found in this Azure location.")
+    version = query_params(request)["api-version"]
+    if not complete(version):  # rare: an api-version older than some of the properties
+        return json_response(for_version(orjson.loads(body), "RollingUpgradeStatusInfo", version))
     return _raw_json(body)
 
 
@@ -378,6 +382,11 @@ async def get_history(request: Request, service: ApiService) -> Response:
 
     body = history_body(service, key, query.get("$skiptoken"), next_link)
     assert body is not None  # with a link maker there is always a page
+    if not complete(query["api-version"]):  # rare: an api-version older than some properties
+        page = orjson.loads(body)
+        kind = "UpgradeOperationHistoricalStatusInfo"
+        page["value"] = [for_version(item, kind, query["api-version"]) for item in page["value"]]
+        return json_response(page)
     return _raw_json(body)
 
 

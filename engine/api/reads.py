@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
+from engine.api.versions import complete
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
 
@@ -105,4 +106,5 @@ def _plain_vmss_read(parts: list[str], query: bytes) -> bool:
         return False
     if not query.startswith(b"api-version=") or b"&" in query:
         return False
-    return query[12:].decode("latin-1") in API_VERSIONS
+    version = query[12:].decode("latin-1")
+    return version in API_VERSIONS and complete(version)  # older ones: the filtering handler

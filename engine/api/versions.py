@@ -35,7 +35,22 @@ SINCE: dict[str, dict[str, str]] = {
     },
     "VirtualMachineScaleSetVMInstanceView": {},
     "VirtualMachineScaleSetInstanceView": {},
+    "RollingUpgradeStatusInfo": {
+        "properties.policy.prioritizeUnhealthyInstances": "2020-12-01",
+        "properties.policy.enableCrossZoneUpgrade": "2020-12-01",
+        "properties.policy.maxSurge": "2022-11-01",
+        "properties.policy.rollbackFailedInstancesOnPolicyBreach": "2022-11-01",
+    },
+    "UpgradeOperationHistoricalStatusInfo": {
+        "properties.targetImageReference.exactVersion": "2019-07-01",
+    },
 }
+_NEWEST = max(since for paths in SINCE.values() for since in paths.values())
+
+
+def complete(api_version: str) -> bool:
+    """True when ``api_version`` defines everything we send (no filtering needed)."""
+    return api_version >= _NEWEST
 
 
 def for_version(body: JSON, kind: str, api_version: str) -> JSON:

@@ -289,3 +289,43 @@ def test_an_approval_operation_starts_when_it_is_given(server: LiveServer) -> No
     )
     later = server.http.get(again.headers["Azure-AsyncOperation"]).json()
     assert later["startTime"].startswith("2026-03-01T08:11:00")  # each approval its own
+
+
+def test_upgrade_views_follow_the_requested_api_version(server: LiveServer) -> None:
+    client = server.sdk()
+    client.virtual_machine_scale_sets.begin_create_or_update(
+        RG, "views", scale_set(2, automatic=False)
+    ).result()
+    server.publish("1.1.0")
+    client.virtual_machine_scale_set_rolling_upgrades.begin_start_os_upgrade(RG, "views")
+    server.advance(600)
+
+    def get(suffix: str, version: str) -> dict[str, Any]:
+        response = server.http.get(vmss_path("views", suffix), params={"api-version": version})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    policy_new = get("/rollingUpgrades/latest", "2024-03-01")["properties"]["policy"]
+    policy_old = get("/rollingUpgrades/latest", "2021-07-01")["properties"]["policy"]
+    assert "maxSurge" in policy_new and "maxSurge" not in policy_old
+    assert "prioritizeUnhealthyInstances" in policy_old  # defined since 2020-12-01
+    target = "targetImageReference"
+    new = get("/osUpgradeHistory", "2024-03-01")["value"][0]["properties"][target]
+    old = get("/osUpgradeHistory", "2019-03-01")["value"][0]["properties"][target]
+    assert (new["exactVersion"], "exactVersion" in old) == ("1.1.0", False)
+
+
+def test_a_failed_reimage_fails_its_operation(server: LiveServer) -> None:
+    client = server.sdk()
+    vmss = client.virtual_machine_scale_sets
+    vmss.begin_create_or_update(RG, "bad", scale_set(2, automatic=False)).result()
+    server.publish("1.1.0", reimageFailurePercent=100)
+    with pytest.raises(HttpResponseError) as failed:
+        vmss.begin_reimage(RG, "bad").result()
+    assert failed.value.error.code == "OSProvisioningTimedOut"
+    versions = {
+        vm.storage_profile.image_reference.exact_version
+        for vm in client.virtual_machine_scale_set_vms.list(RG, "bad")
+    }
+    assert versions == {"1.0.0"}  # nothing changed on a failed reimage
