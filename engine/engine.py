@@ -583,13 +583,14 @@ class Engine:
         name: str,
         kind: str,
         instance_ids: Sequence[str] | None = None,
+        exact_version: str | None = None,
     ) -> str:
         """Reimage instances (``kind`` ``reimage``) or give them the model's image
         (``manualupgrade``), all when ``instance_ids`` is None; returns the operation id."""
         key = scale_set_key(subscription, resource_group, name)
 
         async def command(worker: ScaleSetWorker) -> str:
-            return await request_reimage(worker, self.catalog, kind, instance_ids)
+            return await request_reimage(worker, self.catalog, kind, instance_ids, exact_version)
 
         return str(await self._submit(key, command))
 

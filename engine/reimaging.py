@@ -47,8 +47,13 @@ async def request_reimage(
     catalog: Catalog,
     kind: str,
     instance_ids: Sequence[str] | None,
+    exact_version: str | None = None,
 ) -> str:
-    """Record the intent, carry it out, record the result; return the operation id."""
+    """Record the intent, carry it out, record the result; return the operation id.
+
+    ``exact_version`` (a reimage's ``exactVersion``) installs that published version of
+    the model's image instead of the model's own.
+    """
     state = worker.state
     spec = state.spec
     assert spec is not None and kind in KINDS
@@ -59,7 +64,8 @@ async def request_reimage(
         )
     chosen = _chosen(state, instance_ids)
     if kind == "reimage":
-        version = _model_version(spec, catalog, state)
+        version = exact_version or _model_version(spec, catalog, state)
+        _check_published(spec, catalog, version)
     else:
         version = spec.image.version if not runs_model(spec, "") else ""
         chosen = [i for i in chosen if not runs_model(spec, state.instance_versions[i])]
@@ -78,6 +84,16 @@ def _model_version(spec: ScaleSetSpec, catalog: Catalog, state: ScaleSetState) -
     if latest is not None:
         return latest
     return max(state.instance_versions.values(), key=version_key)
+
+
+def _check_published(spec: ScaleSetSpec, catalog: Catalog, version: str) -> None:
+    image = spec.image
+    if image.is_gallery:
+        return  # a gallery reimage always takes the model's (latest replicated) version
+    if version not in catalog.versions(spec.location, image.publisher, image.offer, image.sku):
+        raise InvalidParameterError(
+            "exactVersion", f"version {version} of the model's image is not published here"
+        )
 
 
 def _chosen(state: ScaleSetState, instance_ids: Sequence[str] | None) -> list[str]:

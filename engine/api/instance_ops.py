@@ -9,6 +9,7 @@ long-running operations (``reimage.<id>``, whose status is folded from the set's
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +33,7 @@ REIMAGE_OPERATION = "reimage."
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 SKUS = ("Standard_B2s", "Standard_D2s_v3", "Standard_D4s_v3", "Standard_D8s_v3", "Standard_F4s_v2")
 MAX_CAPACITY = 1000  # Azure's limit for a set from a platform image
+_VERSION = re.compile(r"\d{1,9}\.\d{1,9}\.\d{1,9}")
 
 
 # -- reading -----------------------------------------------------------------------
@@ -179,14 +181,27 @@ async def reimage_scale_set(request: Request, service: ApiService) -> Response:
     """POST VMSS/reimage (optional ``instanceIds``: all instances when absent)."""
     body = _object(load_json(await read_body(request), optional=True))
     ids = _instance_ids(body, required=False)
-    return await _reimage(request, service, "reimage", ids)
+    return await _reimage(request, service, "reimage", ids, _exact_version(body))
 
 
 async def reimage_instance(request: Request, service: ApiService) -> Response:
     """POST VMSS/virtualMachines/{id}/reimage."""
-    _object(load_json(await read_body(request), optional=True))
+    body = _object(load_json(await read_body(request), optional=True))
     state = await _state(service, request)
-    return await _reimage(request, service, "reimage", [_instance(request, state)])
+    ids = [_instance(request, state)]
+    return await _reimage(request, service, "reimage", ids, _exact_version(body))
+
+
+def _exact_version(body: JSON) -> str | None:
+    """``exactVersion`` of a reimage; ``osProfile`` (new secrets) is not simulated: 400."""
+    if body.get("osprofile") is not None:
+        raise invalid("osProfile", "resetting credentials on reimage is not supported here")
+    version = body.get("exactversion")
+    if version is None:
+        return None
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise invalid("exactVersion", "must be a version of the form major.minor.patch")
+    return version
 
 
 async def manual_upgrade(request: Request, service: ApiService) -> Response:
@@ -196,11 +211,17 @@ async def manual_upgrade(request: Request, service: ApiService) -> Response:
 
 
 async def _reimage(
-    request: Request, service: ApiService, kind: str, ids: list[str] | None
+    request: Request,
+    service: ApiService,
+    kind: str,
+    ids: list[str] | None,
+    exact_version: str | None = None,
 ) -> Response:
     p = request.path_params
     state = await _state(service, request)
-    operation_id = await service.engine.reimage(p["sub"], p["rg"], p["name"], kind, ids)
+    operation_id = await service.engine.reimage(
+        p["sub"], p["rg"], p["name"], kind, ids, exact_version
+    )
     await service.projected()
     headers = _operation_headers(request, _spec(state), operation_id)
     return Response(status_code=202, headers=headers)

@@ -228,6 +228,13 @@ def test_reimage_puts_the_newest_image_of_a_latest_model_on_the_instances(
     }
     stream = "vmss-" + f"{SUB}/{RG}/re".lower()
     assert log_types(server, stream).count("scaleset.reimage_finished") == 3
+    back = m.VirtualMachineScaleSetVMReimageParameters(exact_version="1.0.0")
+    vms.begin_reimage(RG, "re", "2", vm_scale_set_vm_reimage_input=back).result()
+    assert vms.get(RG, "re", "2").storage_profile.image_reference.exact_version == "1.0.0"
+    unknown = m.VirtualMachineScaleSetReimageParameters(exact_version="9.9.9")
+    with pytest.raises(HttpResponseError) as unpublished:
+        vmss.begin_reimage(RG, "re", vm_scale_set_reimage_input=unknown).result()
+    assert (unpublished.value.status_code, unpublished.value.error.target) == (400, "exactVersion")
 
     server.advance(120)  # the reimaged instances have booted
     server.publish("1.2.0", bootSeconds=60)
