@@ -45,12 +45,12 @@ SINCE: dict[str, dict[str, str]] = {
         "properties.targetImageReference.exactVersion": "2019-07-01",
     },
 }
-_NEWEST = max(since for paths in SINCE.values() for since in paths.values())
+UPGRADE_VIEWS = ("RollingUpgradeStatusInfo", "UpgradeOperationHistoricalStatusInfo")
 
 
-def complete(api_version: str) -> bool:
-    """True when ``api_version`` defines everything we send (no filtering needed)."""
-    return api_version >= _NEWEST
+def complete(api_version: str, kinds: tuple[str, ...] = UPGRADE_VIEWS) -> bool:
+    """True when ``api_version`` defines everything we send in ``kinds`` of bodies."""
+    return all(api_version >= since for kind in kinds for since in SINCE[kind].values())
 
 
 def for_version(body: JSON, kind: str, api_version: str) -> JSON:
