@@ -7,6 +7,7 @@ Azure fills in, and bodies shaped by the requested api-version.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.mgmt.compute import models as m
 
 from engine.domain.grouping import decode_all
-from tests.api.live import API, LOCATION, RG, SUB, T0, LiveServer, live_server, vmss_path
+from tests.api.live import API, LOCATION, RG, SUB, T0, TOKEN, LiveServer, live_server, vmss_path
+from tests.api.live import client as http_client
 from tests.api.test_sdk import scale_set
 
 PROBE = (
@@ -336,3 +338,30 @@ def test_a_failed_reimage_fails_its_operation(server: LiveServer) -> None:
         for vm in client.virtual_machine_scale_set_vms.list(RG, "bad")
     }
     assert versions == {"1.0.0"}  # nothing changed on a failed reimage
+
+
+def test_of_concurrent_writers_holding_one_etag_exactly_one_wins(server: LiveServer) -> None:
+    vmss = server.sdk().virtual_machine_scale_sets
+    vmss.begin_create_or_update(RG, "race", manual_set(1)).result()
+    q = {"api-version": API}
+
+    def patch(n: int) -> int:
+        with http_client(server.url, {"Authorization": f"Bearer {TOKEN}"}) as http:
+            body = {"tags": {"writer": str(n)}}
+            return http.patch(
+                vmss_path("race"), params=q, json=body, headers={"If-Match": '"1"'}
+            ).status_code
+
+    def create(n: int) -> int:
+        with http_client(server.url, {"Authorization": f"Bearer {TOKEN}"}) as http:
+            body = http.get(vmss_path("race"), params=q).json()
+            return http.put(
+                vmss_path("new"), params=q, json=body, headers={"If-None-Match": "*"}
+            ).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        patched = sorted(pool.map(patch, range(6)))
+        created = sorted(pool.map(create, range(6)))
+    assert patched == [200] + [412] * 5
+    assert created == [201] + [412] * 5
+    assert vmss.get(RG, "race").etag == '"2"'
