@@ -453,7 +453,7 @@ class Engine:
         """Create the scale set or update its model; return True if it was created.
 
         ``precondition`` sees the current state (None when there is no such set) in the
-        same step as the write and may refuse it by raising.
+        same step as the write and may refuse it by raising (``If-Match``).
         """
         validate_scale_set(spec)
         check = precondition or _unconditional
@@ -464,12 +464,7 @@ class Engine:
                     check(None)
                     await self._create(spec)
                     return True
-
-            async def update(w: ScaleSetWorker) -> None:
-                check(w.state)
-                await _update_model(w, spec, self.catalog)
-
-            await worker.submit(update)
+            await worker.submit(lambda w: _update_model(w, spec, self.catalog, check))
             return False
 
     async def _create(self, spec: ScaleSetSpec) -> None:
@@ -732,7 +727,10 @@ class Engine:
         return worker
 
 
-async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Catalog) -> None:
+async def _update_model(
+    worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Catalog, check: Precondition
+) -> None:
+    check(worker.state)
     old = worker.state.spec
     assert old is not None
     if not spec.image.is_gallery and old.image.family[:2] != spec.image.family[:2]:

@@ -11,6 +11,7 @@ files, and ``tests/api/test_openapi.py`` checks our bodies against it).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 JSON = dict[str, Any]
@@ -48,6 +49,7 @@ SINCE: dict[str, dict[str, str]] = {
 UPGRADE_VIEWS = ("RollingUpgradeStatusInfo", "UpgradeOperationHistoricalStatusInfo")
 
 
+@cache  # on the hot read path
 def complete(api_version: str, kinds: tuple[str, ...] = UPGRADE_VIEWS) -> bool:
     """True when ``api_version`` defines everything we send in ``kinds`` of bodies."""
     return all(api_version >= since for kind in kinds for since in SINCE[kind].values())
