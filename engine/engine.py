@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -45,6 +45,7 @@ from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
+from engine.reimaging import request_reimage
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext, WorkerGoneError, read_scale_set
 from events import (
@@ -67,6 +68,9 @@ _CATALOG_TYPES = [
 _FOLLOWED = [*_CATALOG_TYPES, "scaleset.created", "scaleset.deleted"]
 RESTART_MAX_S = 60  # longest pause before a worker stopped by an unreachable log restarts
 ATTEMPTS = 3  # tries of a command whose worker stopped first, or of a publish that raced
+
+
+Precondition = Callable[[ScaleSetState | None], None]  # raises to refuse a write
 
 
 class ScaleSetNotFoundError(LookupError):
@@ -497,25 +501,35 @@ class Engine:
 
     # -- scale sets ------------------------------------------------------------------
 
-    async def create_or_update_scale_set(self, spec: ScaleSetSpec, *, create: bool = True) -> bool:
+    async def create_or_update_scale_set(
+        self,
+        spec: ScaleSetSpec,
+        precondition: Precondition | None = None,
+        *,
+        create: bool = True,
+    ) -> bool:
         """Create the scale set or update its model; return True if it was created.
 
         An update whose worker stops first (the set was deleted meanwhile, say) is
         decided again: a PUT then creates the set anew, as it would have after the
         delete. With ``create=False`` (a PATCH) a missing set is ``ScaleSetNotFoundError``.
+        ``precondition`` sees the current state (None when there is no such set) in the
+        same step as the write and may refuse it by raising (``If-Match``).
         """
         validate_scale_set(spec)
+        check = precondition or _unconditional
         async with self.clock.participant():
             for _ in range(ATTEMPTS):
                 async with self._create_lock:
                     worker = self._live_worker(spec.key)
                     if worker is None and create:
+                        check(None)
                         await self._create(spec)
                         return True
                 if worker is None:
                     raise ScaleSetNotFoundError(f"scale set {spec.name} not found")
                 try:
-                    await worker.submit(lambda w: _update_model(w, spec, self.catalog))
+                    await worker.submit(lambda w: _update_model(w, spec, self.catalog, check))
                 except WorkerGoneError:
                     self._after_worker_gone(spec.key)
                     continue
@@ -558,12 +572,19 @@ class Engine:
         if logged.spec is not None and not logged.deleted:
             raise NotOwnedHereError(key)
 
-    async def delete_scale_set(self, subscription: str, resource_group: str, name: str) -> None:
-        """Delete a scale set (refused while an upgrade runs)."""
+    async def delete_scale_set(
+        self,
+        subscription: str,
+        resource_group: str,
+        name: str,
+        precondition: Precondition | None = None,
+    ) -> None:
+        """Delete a scale set (refused while an upgrade runs, or by ``precondition``)."""
         key = scale_set_key(subscription, resource_group, name)
         deleted: list[ScaleSetWorker] = []
 
         async def delete(worker: ScaleSetWorker) -> None:
+            (precondition or _unconditional)(worker.state)
             if worker.upgrade is not None:
                 raise OperationNotAllowedError("a rolling upgrade is in progress; cancel it first")
             await worker.append_set(ScaleSetDeleted(key), actor="User")
@@ -633,6 +654,24 @@ class Engine:
             return upgrade.request.upgrade_id
 
         return str(await self._submit(scale_set_key(subscription, resource_group, name), approve))
+
+    async def reimage(
+        self,
+        subscription: str,
+        resource_group: str,
+        name: str,
+        kind: str,
+        instance_ids: Sequence[str] | None = None,
+        exact_version: str | None = None,
+    ) -> str:
+        """Reimage instances (``kind`` ``reimage``) or give them the model's image
+        (``manualupgrade``), all when ``instance_ids`` is None; returns the operation id."""
+        key = scale_set_key(subscription, resource_group, name)
+
+        async def command(worker: ScaleSetWorker) -> str:
+            return await request_reimage(worker, self.catalog, kind, instance_ids, exact_version)
+
+        return str(await self._submit(key, command))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -793,7 +832,10 @@ class Engine:
         return worker
 
 
-async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Catalog) -> None:
+async def _update_model(
+    worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Catalog, check: Precondition
+) -> None:
+    check(worker.state)
     old = worker.state.spec
     assert old is not None
     if not spec.image.is_gallery and old.image.family[:2] != spec.image.family[:2]:
@@ -811,6 +853,10 @@ async def _update_model(worker: ScaleSetWorker, spec: ScaleSetSpec, catalog: Cat
     enabled = spec.policy.automatic.enable_automatic_os_upgrade
     newly = enabled and not old.policy.automatic.enable_automatic_os_upgrade
     await worker.append_set(ScaleSetModelUpdated(spec, newly, versions), actor="User")
+
+
+def _unconditional(state: ScaleSetState | None) -> None:
+    """The precondition of a write without ``If-Match`` / ``If-None-Match``."""
 
 
 def _is_active(worker: ScaleSetWorker, upgrade_id: str) -> bool:

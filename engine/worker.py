@@ -52,6 +52,7 @@ from engine.fleet import (
     Restore,
     RestoreOutcome,
 )
+from engine.reimaging import carry_out
 from engine.slots import UpgradeSlots
 from events import EventStore, Fence, Metadata, RecordedEvent
 
@@ -303,6 +304,10 @@ class ScaleSetWorker:
         self._wake.clear()
         if self._inbox:
             await self._handle(self._inbox.popleft())
+            return
+        unfinished = self.state.reimages.pending()  # intents a crash left without results
+        if unfinished:
+            await carry_out(self, unfinished[0])
             return
         if self.upgrade is not None:
             await self._step_upgrade()

@@ -73,6 +73,11 @@ class FleetView:
             self.instances.pop(key, None)
         elif event.type == "scaleset.upgrade_started":
             self.scale_sets.setdefault(key, []).append(data["upgrade_id"])
+        elif event.type == "scaleset.reimage_finished":  # reimage, manualupgrade
+            known = self.instances.get(key, {})
+            for instance_id, version in data["reimaged"].items():
+                if instance_id in known:
+                    known[instance_id].version = version
 
     def _instance_change(self, key: str, type_name: str, data: JSON) -> None:
         instance = self.instances.get(key, {}).get(data.get("instance_id", ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.api.auth import ACCESS_KEY, BearerAuth, Role, Token, authorize
 from engine.api.cluster import PeerVerifier
+from engine.api.envelope import patch_tags
 from engine.api.errors import (
     ApiError,
     error_body,
@@ -27,6 +29,19 @@ from engine.api.errors import (
     scale_set_not_found,
 )
 from engine.api.forward import forward
+from engine.api.instance_ops import (
+    REIMAGE_OPERATION,
+    get_instance,
+    get_instance_view,
+    get_reimage_operation,
+    get_scale_set_instance_view,
+    list_location_scale_sets,
+    list_skus,
+    list_subscription_scale_sets,
+    manual_upgrade,
+    reimage_instance,
+    reimage_scale_set,
+)
 from engine.api.operations import (
     OperationRef,
     is_done,
@@ -47,10 +62,12 @@ from engine.api.parsing import (
     query_params,
     read_body,
 )
+from engine.api.preconditions import precondition
 from engine.api.reads import HotReads, history_body, latest_body
 from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
+from engine.api.versions import complete, for_version
 from engine.domain.model import ScaleSetSpec, canonical_version
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
@@ -89,6 +106,10 @@ IMAGES = (
     "/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
 )
 OPERATION = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/operations/{op}"
+ALL_VMSS = "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachineScaleSets"
+LOCATION_VMSS = (
+    "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/virtualMachineScaleSets"
+)
 
 
 class Resource:
@@ -204,9 +225,17 @@ async def put_scale_set(request: Request, service: ApiService) -> Response:
         body, subscription=sub, resource_group=rg, name=name, api_version=version
     )
     _same_location(service, spec)
-    created = await service.engine.create_or_update_scale_set(spec)
+    created = await service.engine.create_or_update_scale_set(spec, precondition(request))
     await service.projected()
-    return json_response(render_scale_set(spec), 201 if created else 200)
+    return await _scale_set_response(request, service, 201 if created else 200)
+
+
+async def _scale_set_response(request: Request, service: ApiService, status: int) -> Response:
+    """The scale set as it is now (etag, uniqueId...), in the request's api-version."""
+    state = await _state(service, request)
+    body = render_scale_set(_model(state), state)
+    version = query_params(request)["api-version"]
+    return json_response(for_version(body, "VirtualMachineScaleSet", version), status)
 
 
 async def patch_scale_set(request: Request, service: ApiService) -> Response:
@@ -216,18 +245,18 @@ async def patch_scale_set(request: Request, service: ApiService) -> Response:
     patch = load_json(await read_body(request))
     if not isinstance(patch, dict):
         raise ApiError(400, "InvalidRequestContent", "The request content must be a JSON object.")
-    merged = merge_patch(render_scale_set(_spec(worker)), patch)
+    merged = patch_tags(merge_patch(render_scale_set(_spec(worker)), patch), patch)
     version = query_params(request)["api-version"]
     spec = parse_scale_set(
         merged, subscription=sub, resource_group=rg, name=_spec(worker).name, api_version=version
     )
     _same_location(service, spec)
     try:  # a PATCH never creates: a set deleted meanwhile stays deleted
-        await service.engine.create_or_update_scale_set(spec, create=False)
+        await service.engine.create_or_update_scale_set(spec, precondition(request), create=False)
     except ScaleSetNotFoundError:
         raise scale_set_not_found(rg, spec.name) from None
     await service.projected()
-    return json_response(render_scale_set(spec))
+    return await _scale_set_response(request, service, 200)
 
 
 def _same_location(service: ApiService, spec: ScaleSetSpec) -> None:
@@ -244,15 +273,18 @@ def _same_location(service: ApiService, spec: ScaleSetSpec) -> None:
 
 async def get_scale_set(request: Request, service: ApiService) -> Response:
     """GET VMSS."""
-    return json_response(render_scale_set(_model(await _state(service, request))))
+    return await _scale_set_response(request, service, 200)
 
 
 async def delete_scale_set(request: Request, service: ApiService) -> Response:
     """DELETE VMSS: 200, or 204 when there was nothing to delete (ARM convention)."""
     sub, rg, name = _path(request)
+    check = precondition(request)
     try:
-        await service.engine.delete_scale_set(sub, rg, name)
+        await service.engine.delete_scale_set(sub, rg, name, check)
     except ScaleSetNotFoundError:
+        if check is not None:
+            check(None)  # If-Match on nothing: 412
         return Response(status_code=204)
     await service.projected()
     return Response(status_code=200)
@@ -269,7 +301,9 @@ async def list_scale_sets(request: Request, service: ApiService) -> Response:
                 state = await service.engine.scale_set_state(*key.split("/"))
             except ScaleSetNotFoundError:  # deleted meanwhile
                 continue
-            items.append(render_scale_set(_model(state)))
+            body = render_scale_set(_model(state), state)
+            version = query_params(request)["api-version"]
+            items.append(for_version(body, "VirtualMachineScaleSet", version))
     return json_response({"value": items})
 
 
@@ -285,7 +319,15 @@ async def list_instances(request: Request, service: ApiService) -> Response:
     expand = query_params(request).get("$expand", "").lower() == "instanceview"
     live = expand and service.engine.drives(spec.key)  # health: the driving engine's fleet
     health = await service.fleet.read_health(spec, ids) if live else {}
-    items = [render_instance(spec, i, InstanceView(versions[i]), health.get(i)) for i in ids]
+    version = query_params(request)["api-version"]
+    items = [
+        for_version(
+            render_instance(spec, i, InstanceView(versions[i]), health.get(i), state),
+            "VirtualMachineScaleSetVM",
+            version,
+        )
+        for i in ids
+    ]
     return json_response({"value": items})
 
 
@@ -328,7 +370,7 @@ async def approve_upgrade(request: Request, service: ApiService) -> Response:
     ids = parse_instance_ids(load_json(await read_body(request), optional=True))
     upgrade_id = await service.engine.approve_upgrade(*_path(request), ids)
     await service.projected()
-    return _accepted(request, _spec(worker), OperationRef("approve", upgrade_id))
+    return _accepted(request, _spec(worker), _approval(service, upgrade_id))
 
 
 async def approve_instance(request: Request, service: ApiService) -> Response:
@@ -337,7 +379,13 @@ async def approve_instance(request: Request, service: ApiService) -> Response:
     ids = parse_instance_ids({"instanceIds": [request.path_params["instance"]]})
     upgrade_id = await service.engine.approve_upgrade(*_path(request), ids)
     await service.projected()
-    return _accepted(request, _spec(worker), OperationRef("approve", upgrade_id))
+    return _accepted(request, _spec(worker), _approval(service, upgrade_id))
+
+
+def _approval(service: ApiService, upgrade_id: str) -> OperationRef:
+    """An approval's operation: its own time in its name (an upgrade has several)."""
+    at_ms = int(service.clock.now().timestamp() * 1000)
+    return OperationRef("approve", upgrade_id, at_ms)
 
 
 async def get_latest(request: Request, service: ApiService) -> Response:
@@ -345,6 +393,9 @@ async def get_latest(request: Request, service: ApiService) -> Response:
     body = latest_body(service, _model(await _state(service, request)).key)
     if body is None:
         raise not_found("The entity was not found in this Azure location.")
+    version = query_params(request)["api-version"]
+    if not complete(version):  # rare: an api-version older than some of the properties
+        return json_response(for_version(orjson.loads(body), "RollingUpgradeStatusInfo", version))
     return _raw_json(body)
 
 
@@ -359,6 +410,11 @@ async def get_history(request: Request, service: ApiService) -> Response:
 
     body = history_body(service, key, query.get("$skiptoken"), next_link)
     assert body is not None  # with a link maker there is always a page
+    if not complete(query["api-version"]):  # rare: an api-version older than some properties
+        page = orjson.loads(body)
+        kind = "UpgradeOperationHistoricalStatusInfo"
+        page["value"] = [for_version(item, kind, query["api-version"]) for item in page["value"]]
+        return json_response(page)
     return _raw_json(body)
 
 
@@ -368,6 +424,8 @@ def _raw_json(body: bytes) -> Response:
 
 async def get_operation(request: Request, service: ApiService) -> Response:
     """The ``Azure-AsyncOperation`` status, or (``monitor=true``) the ``Location`` 202/200."""
+    if request.path_params["op"].startswith(REIMAGE_OPERATION):
+        return await get_reimage_operation(request, service)
     ref = parse_operation(request.path_params["op"])
     view = service.runner.view.upgrades.get(ref.upgrade_id) if ref is not None else None
     owner = request.path_params["sub"].lower() + "/"
@@ -467,6 +525,15 @@ def routes(service: ApiService) -> list[Route]:
            DELETE=sub(delete_scale_set)),
         at(VMSS, GET=sub(list_scale_sets)),
         at(one + "/virtualMachines", GET=sub(list_instances)),
+        at(vm, GET=sub(get_instance)),
+        at(vm + "/instanceView", GET=sub(get_instance_view)),
+        at(vm + "/reimage", POST=sub(reimage_instance)),
+        at(one + "/instanceView", GET=sub(get_scale_set_instance_view)),
+        at(one + "/skus", GET=sub(list_skus)),
+        at(one + "/reimage", POST=sub(reimage_scale_set)),
+        at(one + "/manualupgrade", POST=sub(manual_upgrade)),
+        at(ALL_VMSS, GET=sub(list_subscription_scale_sets)),
+        at(LOCATION_VMSS, GET=sub(list_location_scale_sets)),
         at(vm + "/simulateHealth", POST=sub(simulate_health)),
         at(vm + "/approveRollingUpgrade", POST=sub(approve_instance)),
         at(one + "/osRollingUpgrade", POST=sub(start_os_upgrade)),

@@ -43,7 +43,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("osupgrade.api")
 
-_PASSED_ON = ("content-type", "accept", "x-ms-client-request-id", "x-ms-correlation-request-id")
+_PASSED_ON = (
+    "content-type",
+    "accept",
+    "x-ms-client-request-id",
+    "x-ms-correlation-request-id",
+    "if-match",  # preconditions are the owner's to check, in the same step as its write
+    "if-none-match",
+)
 # The response headers ARM defines for these operations. The request ids are not
 # among them: this server's own middleware adds its x-ms-request-id and correlation id.
 _ANSWER_HEADERS = ("content-type", "retry-after", "x-ms-client-request-id", "etag")

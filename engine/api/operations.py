@@ -13,6 +13,7 @@ it survives a restart of the server, and polling it costs a dictionary lookup.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -28,19 +29,24 @@ class OperationRef:
 
     kind: str
     upgrade_id: str
+    at_ms: int | None = None  # an approval's own time (epoch ms): several per upgrade
 
     @property
     def name(self) -> str:
         """The operation id as it appears in URLs and in the status body."""
-        return f"{self.kind}.{self.upgrade_id}"
+        stamp = "" if self.at_ms is None else f".{self.at_ms}"
+        return f"{self.kind}.{self.upgrade_id}{stamp}"
 
 
 def parse_operation(name: str) -> OperationRef | None:
     """The inverse of ``OperationRef.name``; None for anything else."""
-    kind, _, upgrade_id = name.partition(".")
+    kind, _, rest = name.partition(".")
+    upgrade_id, _, stamp = rest.partition(".")
     if kind not in KINDS or not upgrade_id.isalnum():
         return None
-    return OperationRef(kind, upgrade_id)
+    if stamp and (kind != "approve" or not stamp.isdigit() or len(stamp) > 15):
+        return None
+    return OperationRef(kind, upgrade_id, int(stamp) if stamp else None)
 
 
 def is_done(ref: OperationRef, view: UpgradeView) -> bool:
@@ -51,6 +57,8 @@ def is_done(ref: OperationRef, view: UpgradeView) -> bool:
 def status_body(ref: OperationRef, view: UpgradeView) -> dict[str, Any]:
     """``{"name", "status", "startTime", "endTime", "error"}`` (ARM async operation)."""
     started = view.last_action_time if ref.kind == "cancel" else view.start_time
+    if ref.at_ms is not None:  # an approval: when it was given, not when the upgrade began
+        started = datetime.fromtimestamp(ref.at_ms / 1000, UTC)
     body: dict[str, Any] = {"name": ref.name, "status": "InProgress", "startTime": rfc3339(started)}
     if not is_done(ref, view):
         return body

@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 import orjson
 from starlette.requests import Request
 
+from engine.api.envelope import parse_identity, parse_tags
 from engine.api.errors import ApiError, invalid
 from engine.domain.events import SimulationProfile
 from engine.domain.model import (
@@ -296,9 +297,8 @@ def parse_scale_set(
     os_type, automatic_updates = _os(vm, storage, vm_path)
     network = _object(_get(vm, "networkProfile"), f"{vm_path}.networkProfile")
     probe = _object(_get(network, "healthProbe"), f"{vm_path}.networkProfile.healthProbe")
-    health_probe = bool(probe) and bool(
-        _string(probe, "id", f"{vm_path}.networkProfile.healthProbe")
-    )
+    probe_id = _string(probe, "id", f"{vm_path}.networkProfile.healthProbe") if probe else ""
+    health_probe = bool(probe_id)
     extensions = _extensions(vm, f"{vm_path}.extensionProfile", policy)
     if (
         policy.automatic.enable_automatic_os_upgrade
@@ -325,6 +325,9 @@ def parse_scale_set(
         service_fabric=extensions.fabric,
         service_fabric_durability=extensions.durability,
         api_version=api_version,
+        tags=parse_tags(_get(root, "tags")),
+        identity=parse_identity(_get(root, "identity")),
+        health_probe_id=probe_id,
     )
     try:
         validate_scale_set(spec)

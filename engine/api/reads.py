@@ -18,6 +18,7 @@ from engine.api.access import Role
 from engine.api.auth import ACCESS_KEY, authorize
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
+from engine.api.versions import complete
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.worker import ScaleSetWorker
 
@@ -109,4 +110,5 @@ def _plain_vmss_read(parts: list[str], query: bytes) -> bool:
         return False
     if not query.startswith(b"api-version=") or b"&" in query:
         return False
-    return query[12:].decode("latin-1") in API_VERSIONS
+    version = query[12:].decode("latin-1")
+    return version in API_VERSIONS and complete(version)  # older ones: the filtering handler

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.api.envelope import render_identity, render_tags
 from engine.domain.model import Health, ScaleSetSpec, UpgradePolicy
+from engine.domain.scale_set import ScaleSetState
+from engine.reimaging import runs_model
 from projections.fleet_view import InstanceView
+from projections.upgrade_view import rfc3339
 
 JSON = dict[str, Any]
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
+FAULT_DOMAINS = 5
 _HEALTH_CODES = {
     Health.HEALTHY: "HealthState/healthy",
     Health.UNHEALTHY: "HealthState/unhealthy",
@@ -53,8 +58,12 @@ def render_policy(policy: UpgradePolicy) -> JSON:
     }
 
 
-def render_scale_set(spec: ScaleSetSpec) -> JSON:
-    """The ``VirtualMachineScaleSet`` resource as GET returns it."""
+def render_scale_set(spec: ScaleSetSpec, state: ScaleSetState | None = None) -> JSON:
+    """The ``VirtualMachineScaleSet`` resource as GET returns it.
+
+    With the folded ``state``, the read-only parts the log decides are added: ``etag``,
+    ``uniqueId`` and ``timeCreated`` (PATCH merges onto the model without them).
+    """
     ident = scale_set_id(spec.subscription, spec.resource_group, spec.name)
     body: JSON = {
         "id": ident,
@@ -71,7 +80,21 @@ def render_scale_set(spec: ScaleSetSpec) -> JSON:
     }
     if spec.zones:
         body["zones"] = list(spec.zones)
+    if spec.tags:
+        body["tags"] = render_tags(spec.tags)
+    if state is not None:
+        body["etag"] = etag(state)
+        body["properties"]["uniqueId"] = state.unique_id
+        if state.created_at is not None:
+            body["properties"]["timeCreated"] = rfc3339(state.created_at)
+    if spec.identity is not None:
+        body["identity"] = render_identity(spec.identity, state.unique_id if state else "")
     return body
+
+
+def etag(state: ScaleSetState) -> str:
+    """The scale set's etag: a quoted counter of model changes, as Compute writes it."""
+    return f'"{state.model_generation}"'
 
 
 def _vm_profile(spec: ScaleSetSpec, ident: str) -> JSON:
@@ -86,17 +109,25 @@ def _vm_profile(spec: ScaleSetSpec, ident: str) -> JSON:
             "version": image.version,
         }
     )
-    storage: JSON = {"imageReference": reference, "osDisk": {"osType": spec.os_type}}
+    storage: JSON = {
+        "imageReference": reference,
+        "osDisk": {"osType": spec.os_type, "createOption": "FromImage"},
+    }
     if spec.data_disks:
-        storage["dataDisks"] = [{"lun": d.lun, "diskSizeGB": d.size_gb} for d in spec.data_disks]
+        storage["dataDisks"] = [
+            {"lun": d.lun, "diskSizeGB": d.size_gb, "createOption": "Empty"}
+            for d in spec.data_disks
+        ]
     profile: JSON = {"storageProfile": storage}
     if spec.os_type == "Windows":
         windows: JSON = {}
         if spec.enable_automatic_updates is not None:
             windows["enableAutomaticUpdates"] = spec.enable_automatic_updates
         profile["osProfile"] = {"windowsConfiguration": windows}
-    if spec.health_probe:  # the model keeps only that a probe exists: name one
-        probe = f"{ident}-lb/probes/health".replace(VMSS_TYPE, "Microsoft.Network/loadBalancers")
+    if spec.health_probe:  # as sent; logs from before the id was kept: name one
+        probe = spec.health_probe_id or f"{ident}-lb/probes/health".replace(
+            VMSS_TYPE, "Microsoft.Network/loadBalancers"
+        )
         profile["networkProfile"] = {"healthProbe": {"id": probe}}
     extensions = _extensions(spec)
     if extensions:
@@ -142,7 +173,11 @@ def _extension(name: str, publisher: str, kind: str, settings: JSON) -> JSON:
 
 
 def render_instance(
-    spec: ScaleSetSpec, instance_id: str, view: InstanceView, health: Health | None
+    spec: ScaleSetSpec,
+    instance_id: str,
+    view: InstanceView,
+    health: Health | None,
+    state: ScaleSetState | None = None,
 ) -> JSON:
     """One ``VirtualMachineScaleSetVM``; ``health`` given means ``$expand=instanceView``."""
     ident = scale_set_id(spec.subscription, spec.resource_group, spec.name)
@@ -155,17 +190,19 @@ def render_instance(
     )  # fmt: skip
     reference["exactVersion"] = view.version
     properties: JSON = {
+        "latestModelApplied": runs_model(spec, view.version),
         "provisioningState": "Succeeded",
-        "storageProfile": {"imageReference": reference},
+        "storageProfile": {
+            "imageReference": reference,
+            "osDisk": {"osType": spec.os_type, "createOption": "FromImage"},
+        },
     }
+    created = state.instances_created.get(instance_id) if state is not None else None
+    if created is not None:
+        properties["timeCreated"] = rfc3339(created)
     if health is not None:
-        properties["instanceView"] = {
-            "vmHealth": {"status": {"code": _HEALTH_CODES[health], "level": "Info",
-                                    "displayStatus": f"The VM health is {health.value}"}},
-            "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info"},
-                         {"code": "PowerState/running", "level": "Info"}],
-        }  # fmt: skip
-    return {
+        properties["instanceView"] = render_instance_view(spec, instance_id, health)
+    body: JSON = {
         "id": f"{ident}/virtualMachines/{instance_id}",
         "name": f"{spec.name}_{instance_id}",
         "instanceId": instance_id,
@@ -174,6 +211,35 @@ def render_instance(
         "sku": {"name": spec.sku, "tier": "Standard"},
         "properties": properties,
     }
+    if spec.zones:
+        body["zones"] = [spec.zone_of(instance_id)]
+    return body
+
+
+def render_instance_view(spec: ScaleSetSpec, instance_id: str, health: Health | None) -> JSON:
+    """``VirtualMachineScaleSetVMInstanceView``: domains, statuses, and health when known."""
+    body: JSON = {
+        "platformUpdateDomain": spec.update_domain_of(instance_id),
+        "platformFaultDomain": fault_domain_of(spec, instance_id),
+        "statuses": [{"code": "ProvisioningState/succeeded", "level": "Info",
+                      "displayStatus": "Provisioning succeeded"},
+                     {"code": "PowerState/running", "level": "Info",
+                      "displayStatus": "VM running"}],
+    }  # fmt: skip
+    if health is not None:
+        body["vmHealth"] = {
+            "status": {
+                "code": _HEALTH_CODES[health],
+                "level": "Info",
+                "displayStatus": f"The VM health is {health.value}",
+            }
+        }
+    return body
+
+
+def fault_domain_of(spec: ScaleSetSpec, instance_id: str) -> int:
+    """Azure spreads a regional set over 5 fault domains; a zonal one has 1 per zone."""
+    return 0 if spec.zones else int(instance_id) % FAULT_DOMAINS
 
 
 def image_version_id(

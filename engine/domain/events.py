@@ -347,3 +347,32 @@ class InstanceEvents:
     event: str  # the type name of every item
     version: int  # the items' schema version (upcast on expand when older)
     items: tuple[dict[str, object], ...]
+
+
+# -- reimage and manual upgrade (scale set stream) ----------------------------------
+
+
+@register("scaleset.reimage_requested")
+@dataclass(frozen=True)
+class ReimageRequested:
+    """Intent: these instances' OS disks are about to be replaced with ``version``.
+
+    ``kind`` is what the user asked for: ``reimage`` (the model's image again, its
+    newest version when the model says ``latest``) or ``manualupgrade`` (the instances
+    not on the model's image get it).
+    """
+
+    operation_id: str
+    kind: str
+    instance_ids: tuple[str, ...]
+    version: str
+
+
+@register("scaleset.reimage_finished")
+@dataclass(frozen=True)
+class ReimageFinished:
+    """How each instance of a ``ReimageRequested`` went (the fleet's answers)."""
+
+    operation_id: str
+    reimaged: dict[str, str]  # instance id -> the version it now runs
+    failed: dict[str, str]  # instance id -> error

@@ -122,6 +122,14 @@ class DataDisk:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """``identity`` of a scale set: ARM keeps it with the model and returns it."""
+
+    type: str = "None"  # "SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned"
+    user_assigned: tuple[str, ...] = ()  # resource ids of the user-assigned identities
+
+
+@dataclass(frozen=True)
 class ScaleSetSpec:
     """Everything the orchestrator needs to know about one scale set's model."""
 
@@ -144,6 +152,9 @@ class ScaleSetSpec:
     service_fabric_durability: str | None = None
     update_domains: int = 5
     api_version: str = "2024-07-01"
+    tags: tuple[tuple[str, str], ...] = ()  # in the order the client sent them
+    identity: Identity | None = None
+    health_probe_id: str = ""  # as the client sent it (case kept); "" for older logs
 
     @property
     def key(self) -> str:

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 from engine.domain.events import (
     AutomaticUpgradeScheduled,
+    ReimageFinished,
+    ReimageRequested,
     ScaleSetCreated,
     ScaleSetDeleted,
     ScaleSetModelUpdated,
@@ -21,6 +23,7 @@ from engine.domain.model import (
     StartedBy,
     version_key,
 )
+from engine.domain.reimage import Reimages
 
 
 class OperationNotAllowedError(Exception):
@@ -54,6 +57,11 @@ class ScaleSetState:
     left_failed: tuple[str, ...] = ()
     not_retried: str | None = None  # a Platform upgrade to this version did not complete
     version: int = 0
+    created_at: datetime | None = None  # ARM's timeCreated: engine time of the creation
+    unique_id: str = ""  # ARM's uniqueId
+    model_generation: int = 0  # the etag: +1 on every model change
+    reimages: Reimages = field(default_factory=Reimages)
+    instances_created: dict[str, datetime] = field(default_factory=dict)  # ARM's timeCreated
 
     def apply(self, event: object, at: datetime) -> None:
         """Fold one event recorded at engine time ``at``."""
@@ -62,11 +70,17 @@ class ScaleSetState:
             self.spec = event.spec
             self.instance_versions = dict(event.instance_versions)
             self.deleted = False
+            self.created_at, self.model_generation = at, 1
+            self.unique_id = unique_id_for(event.spec.key, self.version)
+            self.instances_created = dict.fromkeys(event.instance_versions, at)
             if _automatic(event.spec):
                 self.automatic_configured_at = at
         elif isinstance(event, ScaleSetModelUpdated):
+            self.model_generation += event.spec != self.spec  # a PUT of the same model: same etag
             self.spec = event.spec
             self.instance_versions = dict(event.instance_versions)
+            created = self.instances_created
+            self.instances_created = {i: created.get(i, at) for i in event.instance_versions}
             if event.automatic_newly_enabled:
                 self.automatic_configured_at = at
                 self.platform_upgrades = 0
@@ -94,6 +108,8 @@ class ScaleSetState:
             self.active_upgrade = None
             self.instance_versions = dict(event.instance_versions)
             self.left_failed = event.left_failed
+        elif isinstance(event, ReimageRequested | ReimageFinished):
+            self.instance_versions.update(self.reimages.apply(event, at))
 
 
 def _automatic(spec: ScaleSetSpec) -> bool:
@@ -145,6 +161,15 @@ def upgrade_id_for(state: ScaleSetState) -> str:
     """A deterministic id: the same log replayed names its upgrades the same."""
     assert state.spec is not None
     return hashlib.blake2b(f"{state.spec.key}#{state.version}".encode(), digest_size=12).hexdigest()
+
+
+def unique_id_for(key: str, stream_version: int) -> str:
+    """A scale set's ``uniqueId``, fixed by its creation's place in the log.
+
+    A set deleted and created again under the same name gets a new one, as in Azure.
+    """
+    hexed = hashlib.blake2b(f"{key}#created#{stream_version}".encode(), digest_size=16).hexdigest()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
 def start_upgrade(

@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
+from engine.api.cluster import ClusterKey
 from engine.api.service import leases_schema
 from engine.clock import VirtualClock
 from engine.domain.events import DOMAIN_EVENTS, ImageVersionPublished, catalog_stream
@@ -32,6 +33,7 @@ from tests.api.errors_bodies import valid_bodies
 from tests.api.live import API, TOKEN, LiveServer, image_path, live_server, vmss_path
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, T0, UBUNTU
+from tests.pg_servers import CLUSTER_SECRET
 
 DEADLINE_S = 30.0
 Q = {"api-version": API}
@@ -138,7 +140,7 @@ def _servers(tmp_path: Path, dsn: str, schema: str, stack: ExitStack) -> list[Li
         servers.append(
             stack.enter_context(
                 live_server(where, db=dsn, pg_schema=schema, clock="real", lease_ttl_s=3.0,
-                            lease_renew_s=1.0)
+                            lease_renew_s=1.0, cluster_key=ClusterKey(CLUSTER_SECRET.encode()))
             )
         )  # fmt: skip
     return servers
