@@ -52,6 +52,7 @@ from engine.api.service import ApiService
 from engine.domain.model import ScaleSetSpec
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.ui.app import with_dashboard
 from engine.worker import ScaleSetWorker
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
@@ -501,4 +502,5 @@ def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
     fallback = CaseInsensitivePaths(table)
     router = Router(table, redirect_slashes=False, default=fallback)
     fallback.router = router
-    return RequestIds(BearerAuth(HotReads(router, service), tokens))
+    api = BearerAuth(HotReads(router, service), tokens)
+    return RequestIds(with_dashboard(api, service.store, tokens))  # the dashboard: /ui
