@@ -300,17 +300,19 @@ function renderUpgrade(data) {
   const setArgs = (data.scaleSet || "").split("/");
   crumbs([["fleet", hashFor({ view: "fleet", args: [], query: {} }, state.at)],
     [data.scaleSet || "?", hashFor({ view: "set", args: setArgs, query: {} }, state.at)], [`upgrade ${data.id.slice(0, 12)}`, null]]);
+  const past = data.events.filter((e) => !e.future);
+  const current = past.length ? past[past.length - 1].position : -1;
   const rows = data.events.map((e) => {
     const inputs = Object.entries(e.inputs).map(([k, v]) =>
       k === "check" || (v && typeof v === "object" && "limit" in v) ? `${esc(k)}: ${checkText(v)}` : `${esc(k)}: ${esc(Array.isArray(v) ? v.join(", ") : typeof v === "object" ? JSON.stringify(v) : v)}`).join("<br>");
-    const cls = e.future ? "future" : e.position === data.at ? "now" : "";
+    const cls = e.future ? "future" : e.position === current ? "now" : "";
     return `<tr class="${cls}"><td><a href="${esc(hashFor(state.route, e.position))}">${e.position}</a></td><td>${esc(when(e.time))}</td>` +
       `<td>${esc(e.summary)}</td><td class="inputs">${inputs}</td></tr>`;
   }).join("");
   const error = data.error ? `<p class="error">${esc(data.error.code)}: ${esc(data.error.message)}</p>` : "";
   $("view").innerHTML = `<h1>Upgrade <span class="mono">${esc(data.id)}</span></h1>
     ${data.requested ? `<div class="row"><span id="status">${badge(data.code)}</span><span>to <b class="mono">${esc(data.target)}</b> by ${esc(data.startedBy)}</span><span>${esc(when(data.start))} → ${esc(when(data.end))}</span></div>${error}` : '<p class="muted">Not requested yet at this moment.</p>'}
-    <h2>Events <span class="muted">(greyed: after this moment; each with the inputs of its decision)</span></h2>
+    <h2>Events <span class="muted">(highlighted: the latest at this moment; greyed: after it; each with the inputs of its decision)</span></h2>
     <table id="events"><thead><tr><th>position</th><th>engine time</th><th>what happened</th><th>decided from</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
