@@ -11,6 +11,7 @@ import hashlib
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import orjson
 import pytest
 
 from engine.domain.model import RollingUpgradePolicy
-from events import SQLiteEventStore
+from events import PostgresEventStore, SQLiteEventStore
 from tests.api.live import API, RG, SUB, TOKEN, LiveServer, client, live_server, vmss_path
+from tests.backends import pg_dsn
 from tests.engine import harness
 from tests.ui.test_browser import post, rolling_set
 
@@ -187,3 +189,49 @@ def test_osupgrade_ui_never_creates_a_log(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert not missing.exists()
+
+
+async def grow_pg_log(dsn: str, schema: str, upgrade: bool) -> int:
+    """Create a 4-instance set (first call) or upgrade it (second call); the new head."""
+    async with (
+        PostgresEventStore(dsn, schema=schema) as store,
+        harness.world(store=store, autojump=False) as w,
+    ):
+        if not upgrade:
+            await w.create(harness.spec("web", 4, automatic=False, rolling=RollingUpgradePolicy()))
+        else:
+            await w.publish("1.1.0", boot_seconds=30)
+            started = await w.engine.start_os_upgrade(harness.SUB, harness.RG, "web")
+            await w.finish("web", started)
+        await w.engine.durable()
+        return await store.head()
+
+
+def test_osupgrade_ui_follows_a_postgresql_log_another_process_writes() -> None:
+    dsn = pg_dsn()
+    schema = f"t_ui_{uuid.uuid4().hex[:12]}"
+    first = asyncio.run(grow_pg_log(dsn, schema, upgrade=False))
+    command = [sys.executable, "-m", "engine.cli", "ui", "--db", dsn, "--pg-schema", schema]
+    process = subprocess.Popen(
+        [*command, "--port", "0", "--auth-token", TOKEN], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "read-only" in line and "***" not in line, line
+        url = line.split()[2].removesuffix("/ui/")
+        with client(url, {"Authorization": f"Bearer {TOKEN}"}) as http:
+            fleet = http.get("/ui/api/fleet").json()
+            assert (fleet["head"], fleet["statuses"]["NoUpgrade"]) == (first, 1)
+            final = asyncio.run(grow_pg_log(dsn, schema, upgrade=True))
+            with http.stream("GET", "/ui/api/live", params={"after": first}) as stream:
+                for text in stream.iter_lines():  # NOTIFY (or the 1 s poll) wakes the follower
+                    if text.startswith("data: ") and orjson.loads(text[6:])["head"] == final:
+                        break
+            fleet = http.get("/ui/api/fleet").json()
+            assert (fleet["head"], fleet["statuses"]["Completed"]) == (final, 1)
+    finally:
+        process.terminate()
+        process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
