@@ -195,7 +195,7 @@ function setupTimebar() {
     try { moveTo((await api("meta", { time: text })).at); } catch (error) { fail(error); }
   };
   document.addEventListener("keydown", (event) => {
-    if (event.target instanceof HTMLInputElement && event.target.type !== "range") return;
+    if (event.target instanceof HTMLInputElement) return; // the slider steps by itself
     if (event.key === "ArrowLeft") { event.preventDefault(); moveTo(currentAt() - 1); }
     if (event.key === "ArrowRight") { event.preventDefault(); moveTo(currentAt() + 1); }
   });
