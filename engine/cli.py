@@ -34,6 +34,7 @@ from engine.demo import DemoDirError, prepare_demo_dir, run_demo
 from engine.log_source import EXIT_UNREADABLE, open_log
 from engine.logging import configure_logging
 from engine.simulate_cli import add_simulate_parser, run_simulate
+from engine.ui.cli import add_ui_command, run_ui
 from events import EventStoreError
 
 DEMO_SCALE_SETS = 250
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="a log position (digits only) or an RFC 3339 time (default: the log's end)",
         )
     add_serve_command(commands)
+    add_ui_command(commands)
     return parser
 
 
@@ -173,6 +175,8 @@ def _run_without_a_file(args: argparse.Namespace) -> int | None:
         return run_simulate(args)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "ui":
+        return run_ui(args)
     if args.command == "audit" and args.audit_command == "fences":
         return run_audit_fences(args.db, args.pg_schema)
     return None

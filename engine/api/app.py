@@ -71,6 +71,7 @@ from engine.api.versions import complete, for_version
 from engine.domain.model import ScaleSetSpec, canonical_version
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.ui.app import with_dashboard
 from engine.worker import ScaleSetWorker
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
@@ -599,7 +600,8 @@ def build_app(service: ApiService, tokens: tuple[Token, ...]) -> ASGIApp:
     fallback = CaseInsensitivePaths(table)
     router = Router(table, redirect_slashes=False, default=fallback)
     fallback.router = router
-    return RequestIds(BearerAuth(HotReads(router, service), tokens, peer_verifier(service)))
+    api = BearerAuth(HotReads(router, service), tokens, peer_verifier(service))
+    return RequestIds(with_dashboard(api, service.store, tokens))  # the dashboard: /ui
 
 
 def peer_verifier(service: ApiService) -> PeerVerifier | None:
