@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.api.auth import Token, generate_token, parse_token
+from engine.api.limits import WireLimits
 from engine.api.server import run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
 from engine.domain.scale_set import EngineSettings
@@ -59,6 +60,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         help="PostgreSQL: where the other servers forward commands for this server's sets "
         "(default: the bound address)",
     )
+    _add_wire_flags(serve)
     serve.add_argument(
         "--first-rollout-max-delay",
         type=int,
@@ -74,6 +76,39 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         metavar=("MIN_S", "MAX_S"),
         help="engine seconds from a new image version to its automatic upgrade (default 30-60 min)",
     )
+
+
+def _add_wire_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits on the wire, enforced before authentication (docs/API.md, "Limits")."""
+    wire = WireLimits()
+    serve.add_argument(
+        "--max-header-bytes", type=int, default=wire.max_header_bytes, metavar="BYTES",
+        help="request line and headers; larger requests get 431 (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--header-timeout", type=float, default=wire.header_timeout_s, metavar="SECONDS",
+        help="a request's headers must arrive within this (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--body-timeout", type=float, default=wire.body_timeout_s, metavar="SECONDS",
+        help="a request's body must arrive within this after its headers (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--keep-alive-timeout", type=int, default=wire.keep_alive_s, metavar="SECONDS",
+        help="an idle connection is closed after this (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-connections", type=int, metavar="N",
+        help="open client connections (default: the descriptor limit less a reserve)",
+    )  # fmt: skip
+
+
+def _wire_limits(args: argparse.Namespace) -> WireLimits:
+    return WireLimits(
+        max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+    )  # fmt: skip
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -95,7 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
         pg_schema=args.pg_schema, lease_ttl_s=args.lease_ttl, lease_renew_s=args.lease_renew,
-        advertise_url=args.advertise_url,
+        advertise_url=args.advertise_url, wire=_wire_limits(args),
         engine=EngineSettings(
             first_rollout_max_delay_s=args.first_rollout_max_delay,
             new_version_min_delay_s=args.new_version_delay[0],
@@ -129,6 +164,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--speed must be > 0"
     if (args.tls_cert is None) != (args.tls_key is None):
         return "--tls-cert and --tls-key go together"
+    if min(args.header_timeout, args.body_timeout, args.keep_alive_timeout) <= 0:
+        return "--header-timeout, --body-timeout and --keep-alive-timeout must be > 0"
+    if args.max_header_bytes < 1024 or (args.max_connections or 1) < 1:
+        return "--max-header-bytes must be at least 1024 and --max-connections at least 1"
     if args.history_page_size < 1:
         return "--history-page-size must be at least 1"
     if not is_postgres_dsn(args.db) and Path(args.db).exists() and not Path(args.db).is_file():

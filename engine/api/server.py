@@ -17,13 +17,13 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
 
 import structlog
 import uvicorn
 
 from engine.api.app import build_app
 from engine.api.auth import Token
+from engine.api.protocol import protocol_for
 from engine.api.service import ApiService, ServeSettings
 
 log = structlog.get_logger("osupgrade.api")
@@ -89,7 +89,8 @@ class ApiServer:
                 log_config=None,
                 access_log=False,
                 proxy_headers=False,
-                http=_protocol(),
+                http=protocol_for(settings.wire),
+                timeout_keep_alive=settings.wire.keep_alive_s,
                 lifespan="off",
                 server_header=False,
                 timeout_graceful_shutdown=GRACE_S,
@@ -99,7 +100,10 @@ class ApiServer:
             self._server = _Server(config)
             if self._stop_requested:
                 self._server.should_exit = True
-            log.info("listening", url=self.base_url, clock=settings.clock)
+            log.info(
+                "listening", url=self.base_url, clock=settings.clock,
+                max_connections=settings.wire.connection_cap(),
+            )  # fmt: skip
             if on_ready is not None:
                 on_ready(self.base_url)  # the socket listens: connections queue from now
             await self._server.serve(sockets=[sock])
@@ -163,15 +167,6 @@ def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> Non
     server = ApiServer(settings)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.run(on_ready))
-
-
-def _protocol() -> Any:
-    """The coalescing httptools protocol when httptools is installed, else uvicorn's pick."""
-    try:
-        from engine.api.protocol import CoalescingHttpToolsProtocol  # noqa: PLC0415
-    except ImportError:
-        return "auto"
-    return CoalescingHttpToolsProtocol
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

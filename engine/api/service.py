@@ -23,6 +23,7 @@ import structlog
 
 from engine.api.auth import Token
 from engine.api.cache import RenderCache
+from engine.api.limits import WireLimits
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
 from engine.engine import Engine, WorkerCrashedError
@@ -57,6 +58,7 @@ class ServeSettings:
     lease_ttl_s: float = 15.0  # engines sharing PostgreSQL: a dead one's sets move after this
     lease_renew_s: float = 5.0
     advertise_url: str | None = None  # how other servers reach this one (default: bound URL)
+    wire: WireLimits = field(default_factory=WireLimits)  # header size, timeouts, connections
 
     @property
     def shared(self) -> bool:
