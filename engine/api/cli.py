@@ -7,13 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.api.auth import Token, generate_token, parse_token
+from engine.api.auth import Token, generate_token
 from engine.api.limits import WireLimits
 from engine.api.server import run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
+from engine.api.token_sources import gather_tokens
 from engine.domain.scale_set import EngineSettings
 from engine.engine import WorkerCrashedError
+from engine.env import env_help, env_value
 from engine.logging import configure_logging
+from engine.redaction import register_secret, register_url_password, scrub
 from events import EventStoreError
 
 
@@ -22,8 +25,11 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve = commands.add_parser("serve", help="run the ARM-compatible HTTP API with the engine")
     serve.add_argument(
         "--db",
-        required=True,
-        help="SQLite event log file (created if new) or a postgresql://user@host/db DSN",
+        required=env_value("--db") is None,
+        default=env_value("--db"),
+        help=env_help(
+            "--db", "SQLite event log file (created if new) or a postgresql://user@host/db DSN"
+        ),
     )
     serve.add_argument(
         "--pg-schema", default="osupgrade", help="PostgreSQL schema of the log and projections"
@@ -37,7 +43,19 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         action="append",
         default=[],
         metavar="TOKEN[:SUB1,SUB2]",
-        help="accepted bearer token, optionally limited to subscriptions (repeatable)",
+        help=env_help(
+            "--auth-token",
+            "accepted bearer token, optionally limited to subscriptions (repeatable; "
+            "visible in the process list: prefer --auth-token-file)",
+        ),
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help=env_help("--auth-token-file", "file of tokens, one TOKEN[:SUB1,SUB2] a line"),
     )
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
@@ -114,9 +132,14 @@ def _wire_limits(args: argparse.Namespace) -> WireLimits:
 def run_serve(args: argparse.Namespace) -> int:
     """Check the arguments, print how to reach the server, serve until a signal."""
     try:
-        tokens = tuple(parse_token(t) for t in args.auth_token)
+        tokens, warnings = gather_tokens(args.auth_token, args.auth_token_file)
     except ValueError as exc:
         return _fail(str(exc))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for token in tokens:
+        register_secret(token.secret)
+    register_url_password(args.db)
     problem = _check(args) or _check_timing(args)
     if problem:
         return _fail(problem)
@@ -152,7 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except EventStoreError as exc:
         return _fail(str(exc))
     except WorkerCrashedError as exc:
-        print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
+        print(scrub(f"error: {exc}: {exc.__cause__!r}"), file=sys.stderr)
         return 1
     return 0
 
@@ -189,5 +212,5 @@ def _check_timing(args: argparse.Namespace) -> str | None:
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {scrub(message)}", file=sys.stderr)
     return 2

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from engine.api.errors import ApiError, invalid
 from engine.domain.events import SimulationProfile
@@ -137,11 +137,16 @@ async def read_body(request: Request) -> bytes:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed by the body timeout: nobody reads an answer
+        raise ApiError(
+            400, "InvalidRequestContent", "The request content did not arrive in time."
+        ) from None
     body = b"".join(chunks)
     request.scope["osupgrade.body"] = body  # kept for forwarding to another server
     return body

@@ -154,11 +154,14 @@ class _ToStructlog(logging.Handler):
 
 
 def _bridge_uvicorn_logs() -> None:
-    uvicorn_log = logging.getLogger("uvicorn")
-    if not any(isinstance(h, _ToStructlog) for h in uvicorn_log.handlers):
-        uvicorn_log.addHandler(_ToStructlog())
-    uvicorn_log.setLevel(logging.INFO)
-    uvicorn_log.propagate = False
+    """uvicorn's and asyncio's records (an unretrieved task exception, say) go through
+    structlog, so they are scrubbed of secrets like every other line."""
+    for name in ("uvicorn", "asyncio"):
+        std_log = logging.getLogger(name)
+        if not any(isinstance(h, _ToStructlog) for h in std_log.handlers):
+            std_log.addHandler(_ToStructlog())
+        std_log.setLevel(logging.INFO)
+        std_log.propagate = False
 
 
 def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
