@@ -139,12 +139,21 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             return
         if self._in_headers:
             self._header_bytes += len(data)
-            if self._timer is None:  # the first byte after an idle keep-alive
-                self._arm(self.guard.limits.header_timeout_s, self._header_timeout)
         super().data_received(data)
-        if self._in_headers and self._header_bytes > self.guard.limits.max_header_bytes:
-            limit = self.guard.limits.max_header_bytes
+        limits = self.guard.limits
+        if self._draining or self.transport.is_closing():
+            return
+        if self._in_headers and self._header_bytes > limits.max_header_bytes:
+            limit = limits.max_header_bytes
             self._reject(431, "Request Header Fields Too Large", f"over {limit} bytes")
+        elif self._timer is not None:
+            return
+        # A deadline only when this chunk leaves a request unfinished: a request that
+        # arrives whole (nearly all of them) costs no timer.
+        elif self._in_headers:
+            self._arm(limits.header_timeout_s, self._header_timeout)
+        elif not self._message_done:
+            self._arm(limits.body_timeout_s, self._body_timeout)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -156,7 +165,6 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._header_bytes = 0
         self.guard.waiting.pop(self, None)
         self._disarm()
-        self._arm(self.guard.limits.body_timeout_s, self._body_timeout)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -172,6 +172,9 @@ class ScaleSetSpec:
 
 def scale_set_key(subscription: str, resource_group: str, name: str) -> str:
     """The stream-safe identity of a scale set: ARM's case-insensitivity, no more."""
+    key = f"{subscription}/{resource_group}/{name}"
+    if key.isascii():  # the hot path, and the key of every log written before Unicode
+        return key.lower()
     return f"{fold(subscription)}/{fold(resource_group)}/{fold(name)}"
 
 
