@@ -293,3 +293,46 @@ def test_connections_busy_with_a_body_are_capped_with_a_clear_refusal_then_timed
         with client(served.url, {"Authorization": f"Bearer {TOKEN}"}) as http:
             assert http.get("/admin/clock").status_code == 200
     assert "request failed" not in (tmp_path / "serve.log").read_text()  # a timeout, not a bug
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(status line and headers, body) of one response with a content-length."""
+    sock.settimeout(10)
+    data = b""
+    for _ in range(1000):
+        if b"\r\n\r\n" in data:
+            break
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )  # fmt: skip
+    for _ in range(1000):
+        if len(rest) >= length:
+            break
+        rest += sock.recv(65536)
+    return head, rest
+
+
+def test_keep_alive_pipelining_and_early_answers_are_unharmed_by_the_limits(
+    tmp_path: Path,
+) -> None:
+    get = b"GET /admin/clock HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+    get += b"\r\n\r\n"
+    big = b"x" * (200 * 1024)  # larger than the header limit: must not count as headers
+    anonymous_post = b"POST /admin/clock/advance HTTP/1.1\r\nHost: x\r\n"
+    anonymous_post += b"Content-Length: %d\r\n\r\n" % len(big) + big
+    with serve(tmp_path, "--header-timeout", "1") as served, _connect(served) as sock:
+        sock.sendall(get + get)  # pipelined
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(anonymous_post)  # answered 401 before its body is read
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 401")
+        sock.sendall(get)
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /admin/clock HTTP/1.1\r\n")  # then too slow for the next one
+        head, body = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"RequestTimeout" in body
+        assert _wait_until(lambda: _closed_by_server(sock), 5)
