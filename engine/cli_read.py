@@ -16,6 +16,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from engine.domain.names import fold
 from events import RecordedEvent, SQLiteEventStore
 from projections.fleet_view import FleetView, fleet_as_of
 from projections.runner import scale_set_row, stored_rows, upgrade_row
@@ -121,7 +122,7 @@ def _print_page(
 async def print_status(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
     """The latest rolling upgrade of a scale set, as of now or a past moment."""
     view, _ = await _view(db, as_of)
-    latest = view.latest(scale_set)
+    latest = view.latest(fold(scale_set))
     if latest is None:
         print(f"{scale_set}: no rolling upgrade (as of position {view.position})")
         return 1
@@ -132,14 +133,14 @@ async def print_status(db: Path, scale_set: str, as_of: int | datetime | None) -
 async def print_history(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
     """The last five OS upgrade attempts within two months of ``as_of`` (or the log's end)."""
     view, now = await _view(db, as_of)
-    print(json.dumps({"value": view.history(scale_set, now)}, indent=2))
+    print(json.dumps({"value": view.history(fold(scale_set), now)}, indent=2))
     return 0
 
 
 async def print_instances(db: Path, scale_set: str, as_of: int | datetime | None) -> int:
     """Each instance's image version and last observed health, as of now or the past."""
     view, _ = await _view(db, as_of)
-    instances = view.instances.get(scale_set.lower())
+    instances = view.instances.get(fold(scale_set))
     if instances is None:
         print(f"{scale_set}: no such scale set (as of position {view.position})")
         return 1

@@ -114,3 +114,29 @@ def test_ascii_keys_are_unchanged_so_existing_logs_still_load() -> None:
     # dotless i and long s upper-case to ASCII letters; they stay distinct from them
     assert scale_set_key("s", "\u0131", "w") != scale_set_key("s", "i", "w")
     assert scale_set_key("s", "\u017f", "w") != scale_set_key("s", "s", "w")
+
+
+def test_history_next_link_of_a_unicode_resource_group_is_a_working_url(
+    tmp_path: Path,
+) -> None:
+    with live_server(tmp_path, history_page_size=1) as server:
+        server.publish("1.0.0")
+        rg = "grüße(1)"
+        assert _put(server, rg).status_code == 201
+        for version in ("1.1.0", "1.2.0"):
+            server.publish(version, bootSeconds=10)
+            started = server.http.post(
+                _path(rg, suffix="/osRollingUpgrade"), params={"api-version": API}
+            )
+            assert started.status_code == 202, started.text
+            server.advance(3600)
+        page = _get(server, rg, suffix="/osUpgradeHistory").json()
+        link = page["nextLink"]
+        assert link.isascii() and "/resourceGroups/gr%C3%BC%C3%9Fe(1)/" in link
+        following = server.http.get(link)
+        assert following.status_code == 200, following.text
+        assert len(following.json()["value"]) == 1
+        for spelled in (rg, "GRÜßE(1)"):
+            latest = _get(server, spelled, suffix="/rollingUpgrades/latest")
+            assert latest.status_code == 200, latest.text
+            assert latest.json()["properties"]["runningStatus"]["code"] == "Completed"
