@@ -11,6 +11,7 @@ from engine.domain.events import (
     SimulationProfile,
 )
 from engine.domain.model import ImageReference, version_key
+from engine.domain.names import fold
 
 
 @dataclass
@@ -42,12 +43,12 @@ class Catalog:
             )
             self.platform.setdefault(key, {})[event.version] = event.simulation
         elif isinstance(event, GalleryImageVersionPublished):
-            versions = self.gallery.setdefault(event.image_id.lower(), {})
+            versions = self.gallery.setdefault(fold(event.image_id), {})
             versions[event.version] = GalleryVersion(
                 {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
             )
         elif isinstance(event, GalleryImageVersionReplicated):
-            found = self.gallery.get(event.image_id.lower(), {}).get(event.version)
+            found = self.gallery.get(fold(event.image_id), {}).get(event.version)
             if found is not None:
                 found.regions.add(event.region.lower())
 
@@ -62,7 +63,7 @@ class Catalog:
             assert image.id is not None
             usable = [
                 version
-                for version, info in self.gallery.get(image.id.lower(), {}).items()
+                for version, info in self.gallery.get(fold(image.id), {}).items()
                 if location.lower() in info.regions and not info.exclude_from_latest
             ]
         else:
