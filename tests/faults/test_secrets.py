@@ -54,10 +54,15 @@ def _log(tmp_path: Path) -> str:
 
 
 def _process_list() -> str:
-    """What any local user sees: ``ps`` with full command lines."""
-    return subprocess.run(
-        ["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True
-    ).stdout
+    """What any local user sees with ``ps -ef``: every process's full command line."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            continue
+    assert any("engine.cli" in line for line in lines)
+    return "\n".join(lines)
 
 
 def _status(url: str, token: str, path: str = "/admin/clock") -> int:
