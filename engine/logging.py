@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from types import TracebackType
 from typing import Literal
 
@@ -45,6 +46,7 @@ def configure_logging(fmt: LogFormat = "console", level: int = logging.INFO) -> 
         cache_logger_on_first_use=False,
     )
     sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
 
 
 def _log_uncaught(
@@ -55,3 +57,8 @@ def _log_uncaught(
         sys.__excepthook__(kind, error, trace)
         return
     structlog.get_logger("osupgrade").critical("uncaught exception", exc_info=(kind, error, trace))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is not None:
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
