@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 
 from engine.api.service import is_postgres_dsn
+from engine.domain.names import fold
 from engine.log_source import EXIT_NOT_FOUND, describe, open_log
 from events import EventStore, RecordedEvent
 from projections.fleet_view import FleetView, fleet_as_of
@@ -159,7 +160,7 @@ async def print_status(db: str, schema: str, scale_set: str, as_of: int | dateti
     view, _ = await _view(db, schema, as_of)
     if not _exists(view, scale_set):
         return _no_scale_set(db, schema, scale_set, view)
-    latest = view.latest(scale_set)
+    latest = view.latest(fold(scale_set))
     if latest is None:
         print(f"{scale_set}: no rolling upgrade (as of position {view.position})")
         return 1
@@ -172,7 +173,7 @@ async def print_history(db: str, schema: str, scale_set: str, as_of: int | datet
     view, now = await _view(db, schema, as_of)
     if not _exists(view, scale_set):
         return _no_scale_set(db, schema, scale_set, view)
-    print(json.dumps({"value": view.history(scale_set, now)}, indent=2))
+    print(json.dumps({"value": view.history(fold(scale_set), now)}, indent=2))
     return 0
 
 
@@ -183,7 +184,7 @@ async def print_instances(
     view, _ = await _view(db, schema, as_of)
     if not _exists(view, scale_set):
         return _no_scale_set(db, schema, scale_set, view)
-    instances = view.instances[scale_set.lower()]
+    instances = view.instances[fold(scale_set)]
     value = [
         {"instanceId": i, "exactVersion": v.version, "health": v.health}
         for i, v in sorted(instances.items(), key=lambda item: int(item[0]))
@@ -193,7 +194,7 @@ async def print_instances(
 
 
 def _exists(view: FleetView, scale_set: str) -> bool:
-    return scale_set.lower() in view.instances
+    return fold(scale_set) in view.instances
 
 
 def _no_scale_set(db: str, schema: str, scale_set: str, view: FleetView) -> int:

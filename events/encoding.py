@@ -60,20 +60,30 @@ def _remember(name: str) -> None:
 def check_stream_name(stream_id: object) -> str:
     """Return ``stream_id`` if it is a usable stream name, else raise.
 
-    Names are 1..512 printable ASCII characters without spaces, so they are safe in
-    URLs, logs and file names alike.
+    Names are 1..512 printable characters without spaces or other white space: one
+    word in logs and on a command line. Beyond ASCII they may hold any printable
+    Unicode character (a resource group may be named ``grüße``); the hash chain and
+    both databases store them as UTF-8.
     """
     if type(stream_id) is str and stream_id in _known_good:
         return stream_id
     if not isinstance(stream_id, str):
         raise InvalidStreamNameError(f"stream name must be a str, not {type(stream_id).__name__}")
-    if not _STREAM_NAME.fullmatch(stream_id):
+    if not _valid_stream_name(stream_id):
         raise InvalidStreamNameError(
             f"stream name {stream_id[:80]!r} is invalid: use 1..{MAX_STREAM_NAME} printable "
-            "ASCII characters without spaces"
+            "characters without spaces"
         )
     _remember(stream_id)
     return stream_id
+
+
+def _valid_stream_name(name: str) -> bool:
+    if name.isascii():
+        return _STREAM_NAME.fullmatch(name) is not None
+    return (
+        len(name) <= MAX_STREAM_NAME and name.isprintable() and not any(c.isspace() for c in name)
+    )
 
 
 def check_expected_version(expected: object) -> int | None:

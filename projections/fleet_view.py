@@ -99,10 +99,15 @@ class FleetView:
 
     def latest_view(self, key: str) -> UpgradeView | None:
         """The view behind ``latest`` (the HTTP API caches its encoded form)."""
-        ids = self.scale_sets.get(key.lower())
+        ids = self._upgrade_ids(key)
         if not ids:
             return None
         return self.upgrades.get(ids[-1])
+
+    def _upgrade_ids(self, key: str) -> list[str]:
+        """A set's upgrade ids by its key (as stored: ASCII lower-cased, other letters
+        upper-cased), or by an ASCII key in any case."""
+        return self.scale_sets.get(key) or self.scale_sets.get(key.lower()) or []
 
     def history(self, key: str, now: datetime) -> list[JSON]:
         """The last five OS upgrade attempts within two months before ``now``, newest first."""
@@ -111,9 +116,7 @@ class FleetView:
     def history_views(self, key: str, now: datetime) -> list[UpgradeView]:
         """The views behind ``history`` (the HTTP API pages through them by upgrade id)."""
         since = months_before(now, 2)
-        views = [
-            self.upgrades[u] for u in self.scale_sets.get(key.lower(), []) if u in self.upgrades
-        ]
+        views = [self.upgrades[u] for u in self._upgrade_ids(key) if u in self.upgrades]
         recent = [v for v in views if v.start_time is not None and since <= v.start_time <= now]
         recent.sort(key=lambda v: v.start_time or now, reverse=True)
         return recent[:HISTORY_LIMIT]

@@ -195,11 +195,24 @@ async def test_an_event_just_under_the_size_limit_is_stored(store: Any) -> None:
     assert got.data == big
 
 
-@pytest.mark.parametrize("name", ["", " ", "a b", "tab\there", "ü", "x" * 513, None, 7])
+@pytest.mark.parametrize(
+    "name",
+    ["", " ", "a b", "tab\there", "ü\u00a0x", "zero\u200bwidth", "\ud800", "x" * 513, "ü" * 513,
+     None, 7],
+)  # fmt: skip
 async def test_bad_stream_names_are_refused(store: Any, name: Any) -> None:
     with pytest.raises(InvalidStreamNameError):
         await store.append(name, [ev()], None)
     assert await store.head() == 0
+
+
+@pytest.mark.parametrize("name", ["vmss-s/grüße/web", "vmss-s/\u212aelvin/w", "g/\u0663" * 100])
+async def test_unicode_stream_names_are_stored_and_verified(store: Any, name: str) -> None:
+    await store.append(name, [ev()], 0)
+    (got,) = await store.read_stream(name)
+    assert got.stream_id == name
+    assert await store.stream_version(name) == 1
+    assert (await store.verify()).ok
 
 
 @pytest.mark.parametrize("expected", [-1, "0", 1.0, True])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import orjson
 import structlog
@@ -51,6 +52,7 @@ from engine.api.operations import (
 )
 from engine.api.parsing import (
     api_version,
+    check_image_path,
     check_resource_path,
     load_json,
     merge_patch,
@@ -68,7 +70,7 @@ from engine.api.request_ids import RequestIds
 from engine.api.resources import render_image_version, render_instance, render_scale_set
 from engine.api.service import ApiService
 from engine.api.versions import complete, for_version
-from engine.domain.model import ScaleSetSpec, canonical_version
+from engine.domain.model import ScaleSetSpec, canonical_version, scale_set_key
 from engine.domain.scale_set import ScaleSetState
 from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
 from engine.ui.app import with_dashboard
@@ -294,7 +296,7 @@ async def delete_scale_set(request: Request, service: ApiService) -> Response:
 async def list_scale_sets(request: Request, service: ApiService) -> Response:
     """GET the scale sets of a resource group (``{"value": [...]}``)."""
     p = request.path_params
-    prefix = f"{p['sub']}/{p['rg']}/".lower()
+    prefix = scale_set_key(p["sub"], p["rg"], "")
     items = []
     for key in service.engine.scale_sets():
         if key.startswith(prefix):
@@ -404,7 +406,7 @@ async def get_history(request: Request, service: ApiService) -> Response:
     """GET VMSS/osUpgradeHistory: paged, ``$skiptoken`` = last upgrade id of a page."""
     key = _model(await _state(service, request)).key
     query = query_params(request)
-    url = f"{_base_url(request)}{request.url.path}"
+    url = f"{_base_url(request)}{quote(request.url.path, safe='/()')}"
 
     def next_link(last: str) -> str:
         return f"{url}?api-version={query['api-version']}&$skiptoken={last}"
@@ -442,6 +444,7 @@ async def get_operation(request: Request, service: ApiService) -> Response:
 
 def _family(request: Request) -> tuple[str, str, str, str]:
     p = request.path_params
+    check_image_path(p["loc"], p["pub"], p["offer"], p["sku"])
     return p["loc"], p["pub"], p["offer"], p["sku"]
 
 

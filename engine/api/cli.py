@@ -8,15 +8,19 @@ import os
 import sys
 from pathlib import Path
 
-from engine.api.auth import Token, generate_token, parse_token
+from engine.api.auth import Token, generate_token
 from engine.api.cluster import ENV_VAR, ClusterKey, ClusterSecretError
+from engine.api.limits import WireLimits
 from engine.api.log_lock import LogInUseError
 from engine.api.peer_url import PeerUrlError, parse_peer_url
 from engine.api.server import MISSING_CLUSTER_SECRET, run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
+from engine.api.token_sources import gather_tokens
 from engine.domain.scale_set import EngineSettings
 from engine.engine import WorkerCrashedError
+from engine.env import env_help, env_value
 from engine.logging import configure_logging
+from engine.redaction import register_secret, register_url_password, scrub
 from events import EventStoreError
 
 
@@ -25,8 +29,11 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve = commands.add_parser("serve", help="run the ARM-compatible HTTP API with the engine")
     serve.add_argument(
         "--db",
-        required=True,
-        help="SQLite event log file (created if new) or a postgresql://user@host/db DSN",
+        required=env_value("--db") is None,
+        default=env_value("--db"),
+        help=env_help(
+            "--db", "SQLite event log file (created if new) or a postgresql://user@host/db DSN"
+        ),
     )
     serve.add_argument(
         "--pg-schema", default="osupgrade", help="PostgreSQL schema of the log and projections"
@@ -40,7 +47,19 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         action="append",
         default=[],
         metavar="TOKEN[:SUB1,SUB2]",
-        help="accepted bearer token, optionally limited to subscriptions (repeatable)",
+        help=env_help(
+            "--auth-token",
+            "accepted bearer token, optionally limited to subscriptions (repeatable; "
+            "visible in the process list: prefer --auth-token-file)",
+        ),
+    )
+    serve.add_argument(
+        "--auth-token-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help=env_help("--auth-token-file", "file of tokens, one TOKEN[:SUB1,SUB2] a line"),
     )
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
@@ -70,6 +89,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         help=f"PostgreSQL, real clock: the secret the servers of one log share to trust each "
         f"other (at least 32 bytes; or the {ENV_VAR} environment variable)",
     )
+    _add_wire_flags(serve)
     serve.add_argument(
         "--first-rollout-max-delay",
         type=int,
@@ -87,12 +107,50 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     )
 
 
+def _add_wire_flags(serve: argparse.ArgumentParser) -> None:
+    """Limits on the wire, enforced before authentication (docs/API.md, "Limits")."""
+    wire = WireLimits()
+    serve.add_argument(
+        "--max-header-bytes", type=int, default=wire.max_header_bytes, metavar="BYTES",
+        help="request line and headers; larger requests get 431 (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--header-timeout", type=float, default=wire.header_timeout_s, metavar="SECONDS",
+        help="a request's headers must arrive within this (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--body-timeout", type=float, default=wire.body_timeout_s, metavar="SECONDS",
+        help="a request's body must arrive within this after its headers (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--keep-alive-timeout", type=int, default=wire.keep_alive_s, metavar="SECONDS",
+        help="an idle connection is closed after this (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-connections", type=int, metavar="N",
+        help="open client connections (default: the descriptor limit less a reserve)",
+    )  # fmt: skip
+
+
+def _wire_limits(args: argparse.Namespace) -> WireLimits:
+    return WireLimits(
+        max_header_bytes=args.max_header_bytes, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+    )  # fmt: skip
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Check the arguments, print how to reach the server, serve until a signal."""
     try:
-        tokens = tuple(parse_token(t) for t in args.auth_token)
+        tokens, warnings = gather_tokens(args.auth_token, args.auth_token_file)
     except ValueError as exc:
         return _fail(str(exc))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for token in tokens:
+        register_secret(token.secret)
+    register_url_password(args.db)
     problem = _check(args) or _check_timing(args) or _check_advertise_url(args)
     if problem:
         return _fail(problem)
@@ -112,7 +170,7 @@ def run_serve(args: argparse.Namespace) -> int:
         tokens=tokens, tls_cert=args.tls_cert, tls_key=args.tls_key, seed=args.seed,
         history_page_size=args.history_page_size, fleet_journal=args.fleet_journal,
         pg_schema=args.pg_schema, lease_ttl_s=args.lease_ttl, lease_renew_s=args.lease_renew,
-        advertise_url=args.advertise_url, cluster_key=cluster_key,
+        advertise_url=args.advertise_url, cluster_key=cluster_key, wire=_wire_limits(args),
         engine=EngineSettings(
             first_rollout_max_delay_s=args.first_rollout_max_delay,
             new_version_min_delay_s=args.new_version_delay[0],
@@ -134,7 +192,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (EventStoreError, LogInUseError, PeerUrlError) as exc:
         return _fail(str(exc))
     except WorkerCrashedError as exc:
-        print(f"error: {exc}: {exc.__cause__!r}", file=sys.stderr)
+        print(scrub(f"error: {exc}: {exc.__cause__!r}"), file=sys.stderr)
         return 1
     return 0
 
@@ -146,6 +204,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--speed must be > 0"
     if (args.tls_cert is None) != (args.tls_key is None):
         return "--tls-cert and --tls-key go together"
+    if min(args.header_timeout, args.body_timeout, args.keep_alive_timeout) <= 0:
+        return "--header-timeout, --body-timeout and --keep-alive-timeout must be > 0"
+    if args.max_header_bytes < 1024 or (args.max_connections or 1) < 1:
+        return "--max-header-bytes must be at least 1024 and --max-connections at least 1"
     if args.history_page_size < 1:
         return "--history-page-size must be at least 1"
     if not is_postgres_dsn(args.db) and Path(args.db).exists() and not Path(args.db).is_file():
@@ -187,5 +249,5 @@ def _cluster_key(args: argparse.Namespace) -> ClusterKey | None:
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {scrub(message)}", file=sys.stderr)
     return 2

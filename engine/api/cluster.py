@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.api.access import Access
+from engine.redaction import register_secret
 
 MIN_SECRET_BYTES = 32
 ENV_VAR = "OSUPGRADE_CLUSTER_SECRET"
@@ -64,6 +65,7 @@ class ClusterKey:
                 f"the cluster secret must be at least {MIN_SECRET_BYTES} bytes "
                 "(for example the output of `openssl rand -hex 32`)"
             )
+        register_secret(secret.decode(errors="replace"))  # never in a log line or traceback
         self._announce = _derive(secret, b"osupgrade peer announcement")
         self._request = _derive(secret, b"osupgrade forwarded request")
 

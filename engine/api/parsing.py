@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from engine.api.envelope import parse_identity, parse_tags
 from engine.api.errors import ApiError, invalid
@@ -32,6 +32,7 @@ from engine.domain.model import (
     UpgradePolicy,
     canonical_version,
 )
+from engine.domain.names import is_letter_or_digit
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 
 JSON = dict[str, Any]
@@ -72,9 +73,12 @@ MAX_EXTENSIONS = 50
 MAX_DATA_DISKS = 64
 MAX_ADVANCE_S = 366 * 24 * 3600
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_GROUP = re.compile(r"[-\w.()]{0,89}[-\w()]")
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_])?")
+_GROUP_PUNCTUATION = frozenset("_-.()")
+MAX_GROUP = 90
 _SUBSCRIPTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_LOCATION = re.compile(r"[A-Za-z0-9]{1,64}")
+_IMAGE_PART = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _VERSION = re.compile(r"\d{1,9}\.\d{1,9}\.\d{1,9}")
 _DURATION = re.compile(
     r"P(?:(?P<d>\d{1,6})D)?(?:T(?=\d)(?:(?P<h>\d{1,6})H)?(?:(?P<m>\d{1,6})M)?(?:(?P<s>\d{1,6})S)?)?"
@@ -135,11 +139,16 @@ async def read_body(request: Request) -> bytes:
         raise _too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed by the body timeout: nobody reads an answer
+        raise ApiError(
+            400, "InvalidRequestContent", "The request content did not arrive in time."
+        ) from None
     body = b"".join(chunks)
     request.scope["osupgrade.body"] = body  # kept for forwarding to another server
     return body
@@ -185,15 +194,51 @@ def _depth(value: Any) -> int:
 
 
 def check_resource_path(subscription: str, resource_group: str, name: str) -> None:
-    """Names a new scale set may have (ARM's character rules, roughly)."""
+    """Names a new scale set may have: ARM's rules for each segment (docs/API.md)."""
     if not _SUBSCRIPTION.fullmatch(subscription):
         raise invalid("subscriptionId", f"'{subscription[:80]}' is not a valid subscription id")
-    if not _GROUP.fullmatch(resource_group):
-        raise invalid("resourceGroupName", "must be 1-90 letters, digits, '-', '_', '.', '(', ')'")
+    if not is_resource_group_name(resource_group):
+        raise invalid(
+            "resourceGroupName",
+            f"must be 1-{MAX_GROUP} letters, digits, '_', '-', '.', '(' or ')', not ending in '.'",
+        )
     if not _NAME.fullmatch(name):
         raise invalid(
-            "name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+            "name",
+            "must be 1-64 ASCII letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit and ending with a letter, digit or '_'",
         )
+
+
+def is_resource_group_name(name: str) -> bool:
+    """ARM's rule: 1-90 UTF-16 units, each a .NET letter or digit or one of ``_-.()``,
+    not ending in a period."""
+    if not 1 <= len(name) <= MAX_GROUP or name.endswith("."):
+        return False
+    return all(c in _GROUP_PUNCTUATION or is_letter_or_digit(c) for c in name)
+
+
+def check_location(value: str, target: str) -> str:
+    """A region name such as ``westeurope`` (ARM's canonical form; display names with
+    spaces are refused, since the name goes into operation URLs)."""
+    if not _LOCATION.fullmatch(value):
+        raise invalid(
+            target, "must be a region name of ASCII letters and digits, such as 'westeurope'"
+        )
+    return value
+
+
+def check_image_path(location: str, publisher: str, offer: str, sku: str) -> None:
+    """The path segments of a platform image family: 400 naming the first bad one."""
+    check_location(location, "location")
+    for target, value in (("publisherName", publisher), ("offer", offer), ("skus", sku)):
+        _image_part(value, target)
+
+
+def _image_part(value: str, target: str) -> str:
+    if not _IMAGE_PART.fullmatch(value):
+        raise invalid(target, "must be 1-128 ASCII letters, digits, '.', '_' or '-'")
+    return value
 
 
 # -- typed access ------------------------------------------------------------------
@@ -282,7 +327,7 @@ def parse_scale_set(
 ) -> ScaleSetSpec:
     """A ``VirtualMachineScaleSet`` body (PUT, or PATCH merged onto the current model)."""
     root = _object(body, "")
-    location = _string(root, "location", "")
+    location = check_location(_string(root, "location", ""), "location")
     sku = _object(_get(root, "sku"), "sku")
     capacity = _int(sku, "capacity", "sku")
     sku_name = _string(sku, "name", "sku", "Standard_D2s_v3")
@@ -412,10 +457,11 @@ def parse_image(value: Any, path: str) -> ImageReference:
     elif canonical_version(version) != version:  # one spelling per version, as published
         canonical = canonical_version(version)
         raise invalid(f"{path}.version", f"has leading zeros; the version is written {canonical!r}")
-    return ImageReference(
-        _string(obj, "publisher", path), _string(obj, "offer", path), _string(obj, "sku", path),
-        version,
-    )  # fmt: skip
+    publisher, offer, sku = (
+        _image_part(_string(obj, part, path), f"{path}.{part}")
+        for part in ("publisher", "offer", "sku")
+    )
+    return ImageReference(publisher, offer, sku, version)
 
 
 def _data_disks(storage: JSON, path: str) -> tuple[DataDisk, ...]:

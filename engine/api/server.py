@@ -17,7 +17,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
 
 import structlog
 import uvicorn
@@ -25,6 +24,7 @@ import uvicorn
 from engine.api.app import build_app
 from engine.api.auth import Token
 from engine.api.peer_url import PeerUrlError, parse_peer_url
+from engine.api.protocol import protocol_for
 from engine.api.service import ApiService, ServeSettings
 
 log = structlog.get_logger("osupgrade.api")
@@ -97,7 +97,8 @@ class ApiServer:
                 log_config=None,
                 access_log=False,
                 proxy_headers=False,
-                http=_protocol(),
+                http=protocol_for(settings.wire),
+                timeout_keep_alive=settings.wire.keep_alive_s,
                 lifespan="off",
                 server_header=False,
                 timeout_graceful_shutdown=GRACE_S,
@@ -107,7 +108,10 @@ class ApiServer:
             self._server = _Server(config)
             if self._stop_requested:
                 self._server.should_exit = True
-            log.info("listening", url=self.base_url, clock=settings.clock)
+            log.info(
+                "listening", url=self.base_url, clock=settings.clock,
+                max_connections=settings.wire.connection_cap(),
+            )  # fmt: skip
             if on_ready is not None:
                 on_ready(self.base_url)  # the socket listens: connections queue from now
             await self._server.serve(sockets=[sock])
@@ -168,11 +172,14 @@ class _ToStructlog(logging.Handler):
 
 
 def _bridge_uvicorn_logs() -> None:
-    uvicorn_log = logging.getLogger("uvicorn")
-    if not any(isinstance(h, _ToStructlog) for h in uvicorn_log.handlers):
-        uvicorn_log.addHandler(_ToStructlog())
-    uvicorn_log.setLevel(logging.INFO)
-    uvicorn_log.propagate = False
+    """uvicorn's and asyncio's records (an unretrieved task exception, say) go through
+    structlog, so they are scrubbed of secrets like every other line."""
+    for name in ("uvicorn", "asyncio"):
+        std_log = logging.getLogger(name)
+        if not any(isinstance(h, _ToStructlog) for h in std_log.handlers):
+            std_log.addHandler(_ToStructlog())
+        std_log.setLevel(logging.INFO)
+        std_log.propagate = False
 
 
 def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
@@ -181,15 +188,6 @@ def run_forever(settings: ServeSettings, on_ready: Callable[[str], None]) -> Non
     server = ApiServer(settings)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(server.run(on_ready))
-
-
-def _protocol() -> Any:
-    """The coalescing httptools protocol when httptools is installed, else uvicorn's pick."""
-    try:
-        from engine.api.protocol import CoalescingHttpToolsProtocol  # noqa: PLC0415
-    except ImportError:
-        return "auto"
-    return CoalescingHttpToolsProtocol
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -25,6 +25,7 @@ from engine.api.auth import Token
 from engine.api.cache import RenderCache
 from engine.api.cluster import ClusterKey
 from engine.api.forward import PeerClient
+from engine.api.limits import WireLimits
 from engine.api.log_lock import serving_lock
 from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
@@ -61,6 +62,7 @@ class ServeSettings:
     lease_renew_s: float = 5.0
     advertise_url: str | None = None  # how other servers reach this one (default: bound URL)
     cluster_key: ClusterKey | None = None  # servers sharing a log trust each other with it
+    wire: WireLimits = field(default_factory=WireLimits)  # header size, timeouts, connections
 
     @property
     def shared(self) -> bool:

@@ -11,6 +11,7 @@ from engine.domain.events import (
     SimulationProfile,
 )
 from engine.domain.model import ImageReference, canonical_version, version_key
+from engine.domain.names import fold
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Catalog:
             platform = self.platform.setdefault(key, {})
             platform.setdefault(canonical_version(event.version), event.simulation)
         elif isinstance(event, GalleryImageVersionPublished):
-            versions = self.gallery.setdefault(event.image_id.lower(), {})
+            versions = self.gallery.setdefault(fold(event.image_id), {})
             versions.setdefault(
                 canonical_version(event.version),
                 GalleryVersion(
@@ -56,7 +57,7 @@ class Catalog:
                 ),
             )
         elif isinstance(event, GalleryImageVersionReplicated):
-            gallery = self.gallery.get(event.image_id.lower(), {})
+            gallery = self.gallery.get(fold(event.image_id), {})
             found = gallery.get(canonical_version(event.version))
             if found is not None:
                 found.regions.add(event.region.lower())
@@ -65,7 +66,7 @@ class Catalog:
         """True if the version ``event`` publishes is already in the catalog."""
         version = canonical_version(event.version)
         if isinstance(event, GalleryImageVersionPublished):
-            return version in self.gallery.get(event.image_id.lower(), {})
+            return version in self.gallery.get(fold(event.image_id), {})
         family = (event.publisher, event.offer, event.sku)
         return version in self.versions(event.location, *family)
 
@@ -80,7 +81,7 @@ class Catalog:
             assert image.id is not None
             usable = [
                 version
-                for version, info in self.gallery.get(image.id.lower(), {}).items()
+                for version, info in self.gallery.get(fold(image.id), {}).items()
                 if location.lower() in info.regions and not info.exclude_from_latest
             ]
         else:

@@ -17,6 +17,7 @@ from engine.domain.model import (
     ScaleSetSpec,
     StartedBy,
 )
+from engine.domain.names import fold
 from events import EventRegistry
 
 DOMAIN_EVENTS = EventRegistry()
@@ -81,7 +82,7 @@ class GalleryImageVersionReplicated:
 
 def gallery_stream(image_id: str) -> str:
     """The stream of one gallery image definition."""
-    return "gallery-" + image_id.strip("/").lower()
+    return "gallery-" + fold(image_id.strip("/"))  # ASCII lower-cased, as ARM compares
 
 
 # -- scale sets -------------------------------------------------------------------

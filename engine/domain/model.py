@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from engine.domain.names import fold
+
 
 class Health(StrEnum):
     """An instance's health signal (SPEC 2.4)."""
@@ -180,8 +182,11 @@ class ScaleSetSpec:
 
 
 def scale_set_key(subscription: str, resource_group: str, name: str) -> str:
-    """The stream-safe identity of a scale set."""
-    return f"{subscription}/{resource_group}/{name}".lower()
+    """The stream-safe identity of a scale set: ARM's case-insensitivity, no more."""
+    key = f"{subscription}/{resource_group}/{name}"
+    if key.isascii():  # the hot path, and the key of every log written before Unicode
+        return key.lower()
+    return f"{fold(subscription)}/{fold(resource_group)}/{fold(name)}"
 
 
 def canonical_version(version: str) -> str:
