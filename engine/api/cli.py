@@ -36,12 +36,26 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         ),
     )
     serve.add_argument(
-        "--pg-schema", default="osupgrade", help="PostgreSQL schema of the log and projections"
+        "--pg-schema",
+        default="osupgrade",
+        help="PostgreSQL schema of the log and projections (default: %(default)s)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    serve.add_argument("--clock", choices=["real", "virtual"], default="real")
-    serve.add_argument("--speed", type=float, default=1.0, help="real clock speed-up")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8080, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--clock",
+        choices=["real", "virtual"],
+        default="real",
+        help="real: wall time (sped up by --speed); virtual: moved by POST /admin/clock/advance"
+        " (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--speed", type=float, default=1.0, help="real clock speed-up (default: %(default)s)"
+    )
     serve.add_argument(
         "--auth-token",
         action="append",
@@ -64,17 +78,27 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     serve.add_argument("--seed", type=int, default=0, help="seed of the simulated fleet")
-    serve.add_argument("--history-page-size", type=int, default=5)
+    serve.add_argument(
+        "--history-page-size",
+        type=int,
+        default=5,
+        help="osUpgradeHistory entries per page before a nextLink (default: %(default)s)",
+    )
     serve.add_argument("--fleet-journal", type=Path, help="keep simulated machines across restarts")
     serve.add_argument(
         "--lease-ttl",
         type=float,
         default=15.0,
         metavar="SECONDS",
-        help="PostgreSQL, real clock: a dead server's scale sets move to others after this",
+        help="PostgreSQL, real clock: a dead server's scale sets move to others after this"
+        " (default: %(default)s)",
     )
     serve.add_argument(
-        "--lease-renew", type=float, default=5.0, metavar="SECONDS", help="lease renewal period"
+        "--lease-renew",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="lease renewal period (default: %(default)s)",
     )
     serve.add_argument(
         "--advertise-url",
@@ -95,7 +119,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         type=int,
         default=3 * 3600,
         metavar="MAX_S",
-        help="engine seconds: latest first automatic upgrade after enabling (default 3 h)",
+        help="engine seconds: latest first automatic upgrade after enabling"
+        " (default: %(default)s = 3 h)",
     )
     serve.add_argument(
         "--new-version-delay",
@@ -103,7 +128,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:  # type: ig
         nargs=2,
         default=[30 * 60, 60 * 60],
         metavar=("MIN_S", "MAX_S"),
-        help="engine seconds from a new image version to its automatic upgrade (default 30-60 min)",
+        help="engine seconds from a new image version to its automatic upgrade"
+        " (default: %(default)s = 30-60 min)",
     )
 
 

@@ -33,8 +33,15 @@ def add_ui_command(commands: argparse._SubParsersAction) -> None:  # type: ignor
     ui.add_argument(
         "--pg-schema", default="osupgrade", help="schema of a PostgreSQL log (default: %(default)s)"
     )
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    ui.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port; 0 picks a free one (default: %(default)s)",
+    )
     ui.add_argument(
         "--auth-token",
         action="append",
