@@ -41,7 +41,14 @@ from engine.fleet import Fleet, FleetWatch
 from engine.leases import Holdings, Ownership
 from engine.slots import UpgradeSlots
 from engine.worker import ScaleSetWorker, WorkerContext, read_scale_set
-from events import EventStore, FencedError, Metadata, RecordedEvent, StoreUnavailableError
+from events import (
+    EventStore,
+    FencedError,
+    Metadata,
+    RecordedEvent,
+    StoreFullError,
+    StoreUnavailableError,
+)
 
 log = structlog.get_logger("osupgrade.engine")
 
@@ -72,7 +79,16 @@ class WorkerCrashedError(RuntimeError):
 
 
 class WorkerRestartingError(RuntimeError):
-    """The log could not be reached; the scale set's worker restarts shortly (retry)."""
+    """The log could not be reached (or is full); the scale set's worker restarts (retry)."""
+
+    def __init__(self, key: str, cause: StoreUnavailableError | None = None) -> None:
+        why = "full" if isinstance(cause, StoreFullError) else "unreachable"
+        super().__init__(
+            f"scale set {key}: the event log is {why}; its worker starts again once the "
+            "log takes writes: retry"
+        )
+        self.key = key
+        self.cause = cause
 
 
 class EngineStalledError(RuntimeError):
@@ -114,6 +130,9 @@ class Engine:
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._known: set[str] = set()  # live scale sets of the log, driven here or not
         self._restarting: dict[str, int] = {}  # key -> attempts, while the log is unreachable
+        self._outages: dict[str, StoreUnavailableError] = {}  # key -> why it last restarted
+        self._attempts: dict[str, int] = {}  # key -> restarts since it last committed
+        self._last_read: dict[str, ScaleSetState] = {}  # log folds of sets driven elsewhere
         self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
@@ -290,7 +309,10 @@ class Engine:
             for worker in list(self._workers.values()):
                 await worker.durable()
             if self.ownership.claim:
-                await self.ownership.board.leave(self.ownership.engine_id)
+                try:
+                    await self.ownership.board.leave(self.ownership.engine_id)
+                except StoreUnavailableError as exc:  # they expire after the TTL instead
+                    log.warning("leases not released", error=str(exc))
         if self._failures:
             raise WorkerCrashedError(
                 f"{len(self._failures)} worker(s) crashed"
@@ -332,13 +354,15 @@ class Engine:
         Nothing is lost: intents are committed before the fleet is touched, and a new
         worker folds what was committed and decides the rest again, as after a restart
         of the whole engine. The pause doubles per failed attempt (engine seconds, up to
-        a minute) and resets once a worker has loaded. With leases, the lease loop
-        starts it again at its next step instead.
+        a minute) and resets once a worker has committed again: a full log can be read,
+        so loading alone proves nothing. With leases, the lease loop starts it again at
+        its next step instead.
         """
         worker = self._workers.get(key)
-        loaded = worker is not None and worker.loaded.is_set()
-        attempt = 0 if loaded else self._restarting.get(key, 0) + 1
-        self._restarting[key] = attempt
+        progressed = worker is not None and worker.progressed
+        attempt = 0 if progressed else self._attempts.get(key, 0) + 1
+        self._restarting[key] = self._attempts[key] = attempt
+        self._outages[key] = error
         delay = min(RESTART_MAX_S, 2**attempt)
         log.warning("log unreachable; worker restarts", scale_set=key, in_s=delay, error=str(error))
         if self.ownership is not None:
@@ -575,17 +599,40 @@ class Engine:
         Reads never need the owner: the log has everything (the fold may trail the owner's
         decisions by its commits).
         """
+        key = scale_set_key(subscription, resource_group, name)
         try:
             worker = self.scale_set(subscription, resource_group, name)
+            await self.loaded(worker)
         except NotOwnedHereError:
-            state = await read_scale_set(
-                self.store, scale_set_key(subscription, resource_group, name)
-            )
-            if state.spec is None or state.deleted:
-                raise ScaleSetNotFoundError(f"scale set {name} not found") from None
-            return state
-        await worker.loaded.wait()
-        return worker.state
+            state = await self._read_from_log(key, self._last_read.get(key))
+        except WorkerRestartingError:  # the log's state, or its last fold if unreachable
+            stopped = self._workers.get(key)
+            state = await self._read_from_log(key, stopped.state if stopped else None)
+        else:
+            return worker.state
+        if state.spec is None or state.deleted:
+            raise ScaleSetNotFoundError(f"scale set {name} not found") from None
+        return state
+
+    async def _read_from_log(self, key: str, last: ScaleSetState | None) -> ScaleSetState:
+        """Fold ``key`` from the log; while the log is unreachable, ``last`` (if any)."""
+        try:
+            state = await read_scale_set(self.store, key)
+        except StoreUnavailableError:
+            if last is None:
+                raise
+            return last
+        if key not in self._workers:
+            self._last_read[key] = state
+        return state
+
+    async def loaded(self, worker: ScaleSetWorker) -> None:
+        """Wait until ``worker`` has loaded; ``WorkerRestartingError`` if it stopped first
+        (the log went away while it loaded)."""
+        while not worker.loaded.is_set():
+            if self._workers.get(worker.key) is not worker or worker.key not in self._tasks:
+                raise WorkerRestartingError(worker.key, self._outages.get(worker.key))
+            await self._changed.setdefault(worker.key, asyncio.Event()).wait()
 
     async def latest_upgrade(
         self, subscription: str, resource_group: str, name: str
@@ -685,7 +732,7 @@ class Engine:
             if crash is not None:
                 raise WorkerCrashedError(f"the worker of scale set {key} crashed") from crash
             if key in self._restarting:
-                raise WorkerRestartingError(f"scale set {key}: the log is unreachable; retry")
+                raise WorkerRestartingError(key, self._outages.get(key))
             return None
         return worker
 

@@ -96,6 +96,7 @@ class ScaleSetWorker:
         self.loaded = asyncio.Event()  # set once the streams have been folded
         self._inflight: list[asyncio.Future[list[int]]] = []
         self._append_error: BaseException | None = None
+        self.progressed = False  # an append committed after loading: the log took writes
         self._durable = asyncio.Event()  # set while nothing appended is uncommitted
         self._durable.set()
         self._inbox: deque[_Request] = deque()
@@ -176,7 +177,9 @@ class ScaleSetWorker:
             self._append_error = self._append_error or asyncio.CancelledError()
         elif future.exception() is not None:
             self._append_error = self._append_error or future.exception()
+            self._wake.set()  # stop now: the fold is ahead of the log (see ``step``)
         else:
+            self.progressed = self.progressed or self.loaded.is_set()
             # Every later line of this worker says how far its log had got.
             self._log = self._log.bind(position=future.result()[-1])
             self._log.debug("committed")
@@ -250,7 +253,13 @@ class ScaleSetWorker:
             await self.flush()
 
     async def step(self) -> None:
-        """Do one thing: a command, an upgrade step, a schedule, or wait."""
+        """Do one thing: a command, an upgrade step, a schedule, or wait.
+
+        A failed append ends the worker here, before it acts on a fold the log does
+        not have; the engine starts it again from the log.
+        """
+        if self._append_error is not None:
+            raise self._append_error
         self._wake.clear()
         if self._inbox:
             await self._handle(self._inbox.popleft())
