@@ -132,7 +132,7 @@ async def _worker(service: ApiService, request: Request) -> ScaleSetWorker:
         worker = service.engine.scale_set(sub, rg, name)
     except ScaleSetNotFoundError:
         raise scale_set_not_found(rg, name) from None
-    await worker.loaded.wait()
+    await service.engine.loaded(worker)
     return worker
 
 

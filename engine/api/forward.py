@@ -18,7 +18,8 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.api.errors import ApiError
+from engine.api.errors import ApiError, unavailable
+from events import StoreUnavailableError
 
 if TYPE_CHECKING:
     from engine.api.service import ApiService
@@ -36,7 +37,10 @@ async def forward(service: ApiService, request: Request, key: str, refusal: ApiE
     own = service.engine.ownership
     if own is None or FORWARDED in request.headers:
         return refusal.response()
-    url = await own.board.owner_url(key)
+    try:
+        url = await own.board.owner_url(key)
+    except StoreUnavailableError as exc:  # the lease table is in the database that is away
+        return unavailable(exc).response()
     if url is None:
         return refusal.response()  # no live owner right now: the client retries
     body = request.scope.get("osupgrade.body")
