@@ -53,7 +53,7 @@ from engine.fleet import (
     RestoreOutcome,
 )
 from engine.slots import UpgradeSlots
-from events import EventStore, Fence, Metadata, RecordedEvent
+from events import EventStore, Fence, Metadata, RecordedEvent, StoreUnavailableError
 
 log = structlog.get_logger("osupgrade.worker")
 
@@ -241,6 +241,19 @@ class ScaleSetWorker:
 
     async def run(self, participation: AbstractAsyncContextManager[None] | None = None) -> None:
         """Work until the scale set is deleted (or the task is cancelled)."""
+        try:
+            await self._run(participation)
+        except StoreUnavailableError as exc:  # the log is away: the engine restarts us
+            self._refuse_queued(exc)  # they get 503 (retry), not a wait for ever
+            raise
+
+    def _refuse_queued(self, error: BaseException) -> None:
+        while self._inbox:
+            reply = self._inbox.popleft().reply
+            if not reply.done():
+                reply.set_exception(error)
+
+    async def _run(self, participation: AbstractAsyncContextManager[None] | None) -> None:
         async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
             await self._take_over()

@@ -1,0 +1,35 @@
+"""Commands queued for a worker that the log's outage stops are answered, not left waiting.
+
+A worker stops at its next step after an append failed; commands still in its inbox
+then used to wait for ever (the client's request hung). They get the outage's error
+(HTTP 503, retry) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.clock import VirtualClock
+from events import InMemoryEventStore, StoreUnavailableError
+from tests.engine.harness import RG, SUB, T0, spec, world
+from tests.engine.test_store_outage import OutageStore
+
+
+async def test_commands_queued_behind_a_failed_append_get_the_outage_error() -> None:
+    clock = VirtualClock(T0, autojump=False)
+    store = OutageStore(InMemoryEventStore(clock=clock))
+    async with world(clock=clock, store=store) as w:  # type: ignore[arg-type]
+        await w.create(spec("web", 10))
+        await w.publish("1.1.0", boot_seconds=60)
+        await w.in_batch("web")
+        store.down = True
+        first = asyncio.ensure_future(w.engine.cancel_upgrade(SUB, RG, "web"))
+        second = asyncio.ensure_future(w.engine.cancel_upgrade(SUB, RG, "web"))
+        async with asyncio.timeout(10):  # wall time: a hang fails here, not at the CI limit
+            for command in (first, second):
+                with pytest.raises(StoreUnavailableError):
+                    await command
+        store.down = False
+        await w.run_until(lambda: not w.engine._restarting)
