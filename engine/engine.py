@@ -132,7 +132,7 @@ class Engine:
         self._restarting: dict[str, int] = {}  # key -> attempts, while the log is unreachable
         self._outages: dict[str, StoreUnavailableError] = {}  # key -> why it last restarted
         self._attempts: dict[str, int] = {}  # key -> restarts since it last committed
-        self._last_read: dict[str, ScaleSetState] = {}  # log folds of sets driven elsewhere
+        self._last_read: dict[str, ScaleSetState] = {}  # last folds of sets not driven here
         self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
         self._ctx = WorkerContext(
             store, fleet, clock, self.catalog, self.settings,
@@ -359,6 +359,8 @@ class Engine:
         its next step instead.
         """
         worker = self._workers.get(key)
+        if worker is not None and worker.loaded.is_set():
+            self._last_read[key] = worker.state  # what reads answer until it is back
         progressed = worker is not None and worker.progressed
         attempt = 0 if progressed else self._attempts.get(key, 0) + 1
         self._restarting[key] = self._attempts[key] = attempt
@@ -603,27 +605,24 @@ class Engine:
         try:
             worker = self.scale_set(subscription, resource_group, name)
             await self.loaded(worker)
-        except NotOwnedHereError:
-            state = await self._read_from_log(key, self._last_read.get(key))
-        except WorkerRestartingError:  # the log's state, or its last fold if unreachable
-            stopped = self._workers.get(key)
-            state = await self._read_from_log(key, stopped.state if stopped else None)
+        except (NotOwnedHereError, WorkerRestartingError):
+            state = await self._read_from_log(key)  # or its last fold, if unreachable
         else:
             return worker.state
         if state.spec is None or state.deleted:
             raise ScaleSetNotFoundError(f"scale set {name} not found") from None
         return state
 
-    async def _read_from_log(self, key: str, last: ScaleSetState | None) -> ScaleSetState:
-        """Fold ``key`` from the log; while the log is unreachable, ``last`` (if any)."""
+    async def _read_from_log(self, key: str) -> ScaleSetState:
+        """Fold ``key`` from the log; while the log is unreachable, its last fold (if any)."""
         try:
             state = await read_scale_set(self.store, key)
         except StoreUnavailableError:
+            last = self._last_read.get(key)
             if last is None:
                 raise
             return last
-        if key not in self._workers:
-            self._last_read[key] = state
+        self._last_read[key] = state
         return state
 
     async def loaded(self, worker: ScaleSetWorker) -> None:

@@ -33,3 +33,21 @@ async def test_commands_queued_behind_a_failed_append_get_the_outage_error() -> 
                     await command
         store.down = False
         await w.run_until(lambda: not w.engine._restarting)
+
+
+async def test_a_restarting_set_reads_as_its_last_fold_while_the_log_is_unreachable() -> None:
+    clock = VirtualClock(T0, autojump=False)
+    store = OutageStore(InMemoryEventStore(clock=clock))
+    async with world(clock=clock, store=store) as w:  # type: ignore[arg-type]
+        await w.create(spec("web", 10))
+        await w.publish("1.1.0", boot_seconds=60)
+        await w.in_batch("web")
+        store.down = True
+        await w.run_until(lambda: w.engine._restarting)
+        for _ in range(3):  # restarts that fail to load: the log cannot be read
+            assert await clock.step()
+        state = await w.engine.scale_set_state(SUB, RG, "web")
+        assert state.spec is not None and state.spec.capacity == 10
+        assert state.active_upgrade is not None  # as it was folded: mid-rollout
+        store.down = False
+        await w.run_until(lambda: not w.engine._restarting)
