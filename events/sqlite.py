@@ -382,7 +382,9 @@ class SQLiteEventStore:
                     await self._commit_group([item], careful=True)
                 return
             error = _translate(self.path, exc)
-            self._log.error("append group failed", error=str(error), appends=len(group))
+            passing = isinstance(error, StoreUnavailableError)  # retried by the callers
+            report = self._log.warning if passing else self._log.error
+            report("append group failed", error=str(error), appends=len(group))
             for item in group:
                 settle(item.future, error)
             return
