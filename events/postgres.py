@@ -842,7 +842,8 @@ class PostgresEventStore:
                 try:
                     yield conn
                 except CONNECTION_ERRORS:
-                    conn.terminate()  # the pool connects a new one on next use
+                    with contextlib.suppress(asyncpg.InterfaceError):  # released if closed
+                        conn.terminate()  # the pool connects a new one on next use
                     raise
         except CONNECTION_ERRORS as exc:
             lost = unavailable(exc, f"read from {self.where} failed")
