@@ -630,6 +630,9 @@ class Engine:
         (the log went away while it loaded)."""
         while not worker.loaded.is_set():
             if self._workers.get(worker.key) is not worker or worker.key not in self._tasks:
+                crash = self._crashed.get(worker.key)
+                if crash is not None:
+                    raise WorkerCrashedError(f"the worker of {worker.key} crashed") from crash
                 raise WorkerRestartingError(worker.key, self._outages.get(worker.key))
             await self._changed.setdefault(worker.key, asyncio.Event()).wait()
 
