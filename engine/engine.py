@@ -54,6 +54,7 @@ from events import (
     FencedError,
     Metadata,
     RecordedEvent,
+    StoreFullError,
     StoreUnavailableError,
 )
 
@@ -90,7 +91,16 @@ class WorkerCrashedError(RuntimeError):
 
 
 class WorkerRestartingError(RuntimeError):
-    """The log could not be reached; the scale set's worker restarts shortly (retry)."""
+    """The log could not be reached (or is full); the scale set's worker restarts (retry)."""
+
+    def __init__(self, key: str, cause: StoreUnavailableError | None = None) -> None:
+        why = "full" if isinstance(cause, StoreFullError) else "unreachable"
+        super().__init__(
+            f"scale set {key}: the event log is {why}; its worker starts again once the "
+            "log takes writes: retry"
+        )
+        self.key = key
+        self.cause = cause
 
 
 class CommandConflictError(RuntimeError):
@@ -139,6 +149,9 @@ class Engine:
         self._crashed: dict[str, BaseException] = {}  # scale set key -> why its worker died
         self._known: set[str] = set()  # live scale sets of the log, driven here or not
         self._restarting: dict[str, int] = {}  # key -> attempts, while the log is unreachable
+        self._outages: dict[str, StoreUnavailableError] = {}  # key -> why it last restarted
+        self._attempts: dict[str, int] = {}  # key -> restarts since it last committed
+        self._last_read: dict[str, ScaleSetState] = {}  # last folds of sets not driven here
         self._background: list[asyncio.Task[None]] = []  # lease loop, log follower
         self._stopping = False
         self._ctx = WorkerContext(
@@ -317,7 +330,10 @@ class Engine:
             for worker in list(self._workers.values()):
                 await worker.durable()
             if self.ownership.claim:
-                await self.ownership.board.leave(self.ownership.engine_id)
+                try:
+                    await self.ownership.board.leave(self.ownership.engine_id)
+                except StoreUnavailableError as exc:  # they expire after the TTL instead
+                    log.warning("leases not released", error=str(exc))
         if self._failures:
             raise WorkerCrashedError(
                 f"{len(self._failures)} worker(s) crashed"
@@ -360,13 +376,17 @@ class Engine:
         Nothing is lost: intents are committed before the fleet is touched, and a new
         worker folds what was committed and decides the rest again, as after a restart
         of the whole engine. The pause doubles per failed attempt (engine seconds, up to
-        a minute) and resets once a worker has loaded. With leases, the lease loop
-        starts it again at its next step instead.
+        a minute) and resets once a worker has committed again: a full log can be read,
+        so loading alone proves nothing. With leases, the lease loop starts it again at
+        its next step instead.
         """
         worker = self._workers.get(key)
-        loaded = worker is not None and worker.loaded.is_set()
-        attempt = 0 if loaded else self._restarting.get(key, 0) + 1
-        self._restarting[key] = attempt
+        if worker is not None and worker.loaded.is_set():
+            self._last_read[key] = worker.state  # what reads answer until it is back
+        progressed = worker is not None and worker.progressed
+        attempt = 0 if progressed else self._attempts.get(key, 0) + 1
+        self._restarting[key] = self._attempts[key] = attempt
+        self._outages[key] = error
         delay = min(RESTART_MAX_S, 2**attempt)
         log.warning("log unreachable; worker restarts", scale_set=key, in_s=delay, error=str(error))
         if self.ownership is not None:
@@ -697,17 +717,44 @@ class Engine:
         Reads never need the owner: the log has everything (the fold may trail the owner's
         decisions by its commits).
         """
+        key = scale_set_key(subscription, resource_group, name)
         try:
             worker = self.scale_set(subscription, resource_group, name)
             await worker.ready()
-        except (NotOwnedHereError, WorkerGoneError):  # driven elsewhere, or its worker stopped
-            state = await read_scale_set(
-                self.store, scale_set_key(subscription, resource_group, name)
-            )
-            if state.spec is None or state.deleted:
-                raise ScaleSetNotFoundError(f"scale set {name} not found") from None
-            return state
-        return worker.state
+        except (NotOwnedHereError, WorkerGoneError, WorkerRestartingError):
+            # driven elsewhere, or its worker stopped: the log (or its last fold) answers
+            state = await self._read_from_log(key)
+        else:
+            return worker.state
+        if state.spec is None or state.deleted:
+            raise ScaleSetNotFoundError(f"scale set {name} not found") from None
+        return state
+
+    async def _read_from_log(self, key: str) -> ScaleSetState:
+        """Fold ``key`` from the log; while the log is unreachable, its last fold (if any)."""
+        try:
+            state = await read_scale_set(self.store, key)
+        except StoreUnavailableError:
+            last = self._last_read.get(key)
+            if last is None:
+                raise
+            return last
+        self._last_read[key] = state
+        return state
+
+    async def loaded(self, worker: ScaleSetWorker) -> None:
+        """Wait until ``worker`` has loaded. If it stopped first: ``WorkerCrashedError``,
+        ``WorkerRestartingError`` (the log went away while it loaded), or
+        ``WorkerGoneError`` (deleted, or its lease lost)."""
+        try:
+            await worker.ready()
+        except WorkerGoneError:
+            crash = self._crashed.get(worker.key)
+            if crash is not None:
+                raise WorkerCrashedError(f"the worker of {worker.key} crashed") from crash
+            if worker.key in self._restarting:
+                raise WorkerRestartingError(worker.key, self._outages.get(worker.key)) from None
+            raise
 
     async def latest_upgrade(
         self, subscription: str, resource_group: str, name: str
@@ -827,7 +874,7 @@ class Engine:
             if crash is not None:
                 raise WorkerCrashedError(f"the worker of scale set {key} crashed") from crash
             if key in self._restarting:
-                raise WorkerRestartingError(f"scale set {key}: the log is unreachable; retry")
+                raise WorkerRestartingError(key, self._outages.get(key))
             return None
         return worker
 

@@ -9,13 +9,19 @@ The tables live in a schema of their own beside the log's (the log refuses table
 does not know in its schema): ``engines`` (heartbeats),
 ``leases`` (owner, fencing token, expiry) and ``engine_clock`` (the time origin that
 engines with a sped-up clock share, so that every engine agrees on engine time).
+
+The connections are a pool, which replaces a lost connection on its next use; a step
+that meets a lost (or refused) connection raises ``StoreUnavailableError``, and the
+engine's lease loop tries again at its next round.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Coroutine
 from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 import structlog
@@ -23,9 +29,12 @@ import structlog
 from engine.clock import RealClock
 from engine.leases import Holdings, PeerAddress, fair_share
 from events import StoreUnavailableError
-from events.postgres import redact
+from events.postgres import CONNECTION_ERRORS, redact, unavailable
 
 log = structlog.get_logger("osupgrade.leases")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS {s}.engines (
@@ -47,6 +56,24 @@ CREATE TABLE IF NOT EXISTS {s}.engine_clock (
     speed         double precision NOT NULL
 );
 """
+
+
+def _step(
+    method: Callable[Concatenate[PostgresLeaseBoard, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[PostgresLeaseBoard, P], Coroutine[Any, Any, R]]:
+    """One step of the board: a lost or refused connection comes out as
+    ``StoreUnavailableError`` (the pool connects again on the next step)."""
+
+    @functools.wraps(method)
+    async def step(board: PostgresLeaseBoard, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(board, *args, **kwargs)
+        except CONNECTION_ERRORS as exc:
+            lost = unavailable(exc, f"lease board at {redact(board.dsn)}")
+            assert lost is not None
+            raise lost from exc
+
+    return step
 
 
 class PostgresLeaseBoard:
@@ -94,6 +121,7 @@ class PostgresLeaseBoard:
             raise RuntimeError("the lease board is not open")
         return self._pool
 
+    @_step
     async def add(self, keys: Collection[str]) -> None:
         """Make sure a lease exists for each key (new ones start free)."""
         if keys:
@@ -103,6 +131,7 @@ class PostgresLeaseBoard:
                 list(keys),
             )
 
+    @_step
     async def remove(self, keys: Collection[str]) -> None:
         """Forget the leases of deleted scale sets."""
         if keys:
@@ -110,6 +139,7 @@ class PostgresLeaseBoard:
                 f"DELETE FROM {self._t('leases')} WHERE scale_set = ANY($1::text[])", list(keys)
             )
 
+    @_step
     async def renew_and_claim(self, engine_id: str, *, claim: bool = True) -> Holdings:
         """Heartbeat, renew, then claim free or expired leases up to the fair share."""
         ttl = self.ttl_s
@@ -146,6 +176,7 @@ class PostgresLeaseBoard:
         held = {r["scale_set"]: r["token"] for r in [*renewed, *claimed]}
         return Holdings(held, share)
 
+    @_step
     async def release(self, engine_id: str, keys: Collection[str]) -> None:
         """Give up leases still held by ``engine_id``."""
         if keys:
@@ -155,6 +186,7 @@ class PostgresLeaseBoard:
                 engine_id, list(keys),
             )  # fmt: skip
 
+    @_step
     async def leave(self, engine_id: str) -> None:
         """Release everything held and drop the heartbeat."""
         async with self._conn().acquire() as conn, conn.transaction():
@@ -165,6 +197,7 @@ class PostgresLeaseBoard:
             )
             await conn.execute(f"DELETE FROM {self._t('engines')} WHERE engine_id = $1", engine_id)
 
+    @_step
     async def owners(self) -> dict[str, str | None]:
         """Every lease's current owner (None when free or expired)."""
         rows = await self._conn().fetch(
@@ -173,6 +206,7 @@ class PostgresLeaseBoard:
         )
         return {r["scale_set"]: r["owner"] for r in rows}
 
+    @_step
     async def announce(self, engine_id: str, url: str, mac: str | None = None) -> None:
         """Say where this engine takes requests (kept across heartbeats)."""
         await self._conn().execute(
@@ -182,6 +216,7 @@ class PostgresLeaseBoard:
             engine_id, url, mac,
         )  # fmt: skip
 
+    @_step
     async def owner_address(self, key: str) -> PeerAddress | None:
         """The announcement of the engine driving ``key`` now, if its heartbeat is live."""
         row = await self._conn().fetchrow(
@@ -193,6 +228,7 @@ class PostgresLeaseBoard:
         )  # fmt: skip
         return None if row is None else PeerAddress(row["engine_id"], row["url"], row["url_mac"])
 
+    @_step
     async def shared_clock(self, speed: float, start: datetime) -> RealClock:
         """The engines' common clock: the first engine's origin, kept by every later one.
 

@@ -54,7 +54,7 @@ from engine.fleet import (
 )
 from engine.reimaging import carry_out
 from engine.slots import UpgradeSlots
-from events import EventStore, Fence, Metadata, RecordedEvent
+from events import EventStore, Fence, Metadata, RecordedEvent, StoreUnavailableError
 
 log = structlog.get_logger("osupgrade.worker")
 
@@ -106,6 +106,7 @@ class ScaleSetWorker:
         self.loaded = asyncio.Event()  # set once the streams have been folded
         self._inflight: list[asyncio.Future[list[int]]] = []
         self._append_error: BaseException | None = None
+        self.progressed = False  # an append committed after loading: the log took writes
         self._durable = asyncio.Event()  # set while nothing appended is uncommitted
         self._durable.set()
         self._inbox: deque[_Request] = deque()
@@ -226,7 +227,9 @@ class ScaleSetWorker:
             self._append_error = self._append_error or asyncio.CancelledError()
         elif future.exception() is not None:
             self._append_error = self._append_error or future.exception()
+            self._wake.set()  # stop now: the fold is ahead of the log (see ``step``)
         else:
+            self.progressed = self.progressed or self.loaded.is_set()
             # Every later line of this worker says how far its log had got.
             self._log = self._log.bind(position=future.result()[-1])
             self._log.debug("committed")
@@ -288,6 +291,19 @@ class ScaleSetWorker:
 
     async def run(self, participation: AbstractAsyncContextManager[None] | None = None) -> None:
         """Work until the scale set is deleted (or the task is cancelled)."""
+        try:
+            await self._run(participation)
+        except StoreUnavailableError as exc:  # the log is away: the engine restarts us
+            self._refuse_queued(exc)  # they get 503 (retry), not a wait for ever
+            raise
+
+    def _refuse_queued(self, error: BaseException) -> None:
+        while self._inbox:
+            reply = self._inbox.popleft().reply
+            if not reply.done():
+                reply.set_exception(error)
+
+    async def _run(self, participation: AbstractAsyncContextManager[None] | None) -> None:
         async with participation or self.ctx.clock.participant():
             structlog.contextvars.bind_contextvars(scale_set=self.key)
             await self._take_over()
@@ -300,7 +316,13 @@ class ScaleSetWorker:
             await self.flush()
 
     async def step(self) -> None:
-        """Do one thing: a command, an upgrade step, a schedule, or wait."""
+        """Do one thing: a command, an upgrade step, a schedule, or wait.
+
+        A failed append ends the worker here, before it acts on a fold the log does
+        not have; the engine starts it again from the log.
+        """
+        if self._append_error is not None:
+            raise self._append_error
         self._wake.clear()
         if self._inbox:
             await self._handle(self._inbox.popleft())

@@ -85,7 +85,20 @@ class StoreClosedError(EventStoreError):
 
 
 class StoreUnavailableError(EventStoreError):
-    """The database server cannot be reached, or refused the connection."""
+    """The database server cannot be reached, or refused the connection.
+
+    Transient: whoever gets it backs off and tries again; nothing was written (or, for
+    an unknown ``COMMIT`` outcome, a retry with the same event ids is safe).
+    """
+
+
+class StoreFullError(StoreUnavailableError):
+    """The database has no room left (SQLite's ``SQLITE_FULL``, a full disk, PostgreSQL's
+    ``disk_full``); nothing was written.
+
+    A kind of unavailability, so everything that retries an unreachable log retries
+    this too; appends succeed again, on the same connections, once space is freed.
+    """
 
 
 class NotAnEventStoreError(EventStoreError):

@@ -51,6 +51,7 @@ from events.errors import (
     EventStoreError,
     NotAnEventStoreError,
     StoreClosedError,
+    StoreFullError,
     StoreUnavailableError,
 )
 from events.fencing import Fence, check_scope
@@ -81,6 +82,35 @@ _FAR = 2**62
 _FAST_TRIES = 3  # one-round-trip attempts before the locked path, when others append
 
 log = structlog.get_logger("osupgrade.events.postgres")
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,
+    asyncpg.InterfaceError,  # the connection is closed, or was left mid-operation
+    asyncpg.InternalClientError,  # ... the same, noticed by asyncpg's protocol state
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.OperatorInterventionError,  # 57P0x: shutting down, crashed, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: disk full, too many connections
+)
+"""What a lost, refused or out-of-room database server raises: transient, retried."""
+OPEN_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+"""What connecting can raise (a wrong password or a missing database as well)."""
+
+
+def unavailable(exc: BaseException, doing: str) -> StoreUnavailableError | None:
+    """``exc`` as the typed error of an unreachable (or full) server; None if it is not one.
+
+    Shared by everything that talks to the log's PostgreSQL (store, projection tables,
+    leases), so that all of them back off and retry on the same conditions.
+    """
+    if isinstance(exc, StoreUnavailableError):
+        return exc
+    if isinstance(exc, asyncpg.exceptions.DiskFullError):
+        return StoreFullError(f"{doing}: the database server's disk is full ({exc})")
+    if isinstance(exc, CONNECTION_ERRORS):
+        return StoreUnavailableError(f"{doing}: {exc!r}")
+    return None
+
 
 # Schema v1's function, kept as it was so that migration 1 never changes.
 _APPEND_GROUP_V1 = """
@@ -396,7 +426,7 @@ class PostgresEventStore:
             return await asyncpg.connect(
                 self.dsn, timeout=self._connect_timeout, server_settings=_SETTINGS
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except OPEN_ERRORS as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact(self.dsn)}: {exc or type(exc).__name__}"
             ) from exc
@@ -410,7 +440,7 @@ class PostgresEventStore:
                 timeout=self._connect_timeout,
                 server_settings=_SETTINGS,
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except OPEN_ERRORS as exc:
             raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {redact(self.dsn)}: {exc}"
             ) from exc
@@ -597,7 +627,9 @@ class PostgresEventStore:
                     await self._commit_group([item], careful=True)
                 return
             error = self._translate(exc, committing=committing)
-            self._log.error("append group failed", error=str(error), appends=len(group))
+            passing = isinstance(error, StoreUnavailableError)  # retried by the callers
+            report = self._log.warning if passing else self._log.error
+            report("append group failed", error=str(error), appends=len(group))
             for item in group:
                 settle(item.future, error)
             return
@@ -789,15 +821,14 @@ class PostgresEventStore:
     def _translate(self, exc: BaseException, *, committing: bool) -> EventStoreError:
         if isinstance(exc, EventStoreError):
             return exc
-        if committing:
+        if committing and not isinstance(exc, asyncpg.exceptions.DiskFullError):
             return StoreUnavailableError(
                 f"append to {self.where}: the outcome of COMMIT is unknown ({exc!r}); "
                 "retry with the same events (a retry never writes them twice)"
             )
-        if isinstance(exc, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)):
-            return StoreUnavailableError(
-                f"append to {self.where} failed, nothing was written: {exc!r}"
-            )
+        lost = unavailable(exc, f"append to {self.where} failed, nothing was written")
+        if lost is not None:
+            return lost
         return EventStoreError(f"append to {self.where} failed, nothing was written: {exc!r}")
 
     # -- reading ---------------------------------------------------------------------
@@ -808,9 +839,19 @@ class PostgresEventStore:
         assert self._pool is not None
         try:
             async with self._pool.acquire() as conn:
-                yield conn
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-            raise StoreUnavailableError(f"read from {self.where} failed: {exc!r}") from exc
+                try:
+                    yield conn
+                except CONNECTION_ERRORS:
+                    with contextlib.suppress(asyncpg.InterfaceError):  # released if closed
+                        conn.terminate()  # the pool connects a new one on next use
+                    # A lost connection mostly means the server restarted: its idle
+                    # siblings are dead too, so the next read must not meet one of them.
+                    await self._pool.expire_connections()
+                    raise
+        except CONNECTION_ERRORS as exc:
+            lost = unavailable(exc, f"read from {self.where} failed")
+            assert lost is not None
+            raise lost from exc
 
     async def _fetch(self, sql: str, *params: object) -> list[RecordedEvent]:
         async with self._reader() as conn:

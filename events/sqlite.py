@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from functools import partial
@@ -42,6 +43,8 @@ from events.errors import (
     EventStoreError,
     NotAnEventStoreError,
     StoreClosedError,
+    StoreFullError,
+    StoreUnavailableError,
 )
 from events.fencing import Fence, check_scope
 from events.group_commit import (
@@ -379,7 +382,9 @@ class SQLiteEventStore:
                     await self._commit_group([item], careful=True)
                 return
             error = _translate(self.path, exc)
-            self._log.error("append group failed", error=str(error), appends=len(group))
+            passing = isinstance(error, StoreUnavailableError)  # retried by the callers
+            report = self._log.warning if passing else self._log.error
+            report("append group failed", error=str(error), appends=len(group))
             for item in group:
                 settle(item.future, error)
             return
@@ -663,9 +668,46 @@ def _foreign_or_corrupt(path: Path, exc: sqlite3.DatabaseError) -> EventStoreErr
     return CorruptStoreError(f"{path} is damaged: {text}")
 
 
+_FREE_BYTES_FULL = 1 << 20  # a disk with less than this left counts as full
+
+
+def unavailable(path: Path, exc: BaseException) -> StoreUnavailableError | None:
+    """A full store, or a passing I/O or lock condition, as a typed error; None otherwise.
+
+    ``SQLITE_FULL`` (the disk, or ``max_page_count``) becomes ``StoreFullError``; so does
+    an I/O error while the disk holding the file has (almost) no space left, which is
+    how some file systems report a full disk. SQLite rolls the statement or transaction
+    back on these: the connection stays usable, and writes succeed again once there
+    is room. Shared with the projection's SQLite tables.
+    """
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    code = exc.sqlite_errorcode & 0xFF  # the primary code of an extended one
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _disk_full(path)):
+        return StoreFullError(
+            f"{path} is full ({exc}): nothing was written; writes succeed again once there is space"
+        )
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreUnavailableError(
+            f"{path} cannot be written now ({exc}, {exc.sqlite_errorname}): nothing was written"
+        )
+    return None
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FREE_BYTES_FULL
+
+
 def _translate(path: Path, exc: BaseException) -> EventStoreError:
     if isinstance(exc, EventStoreError):
         return exc
+    passing = unavailable(path, exc)
+    if passing is not None:
+        return passing
     if type(exc) is sqlite3.DatabaseError:
         return _foreign_or_corrupt(path, exc)
     return EventStoreError(f"append to {path} failed, nothing was written: {exc}")

@@ -3,15 +3,23 @@
 The rows and the checkpoint of one page are written in one PostgreSQL transaction, so
 after a crash the runner resumes from a checkpoint that matches the rows exactly, as
 with SQLite. The tables live in the event store's schema (``osupgrade`` by default).
-One runner per schema writes them: with several engines, the one holding the
-projection's lease (see docs/POSTGRES.md) runs it; the others read.
+Several servers sharing the log may each run a runner on them: a write only moves the
+checkpoint forward (see ``write``), so they never undo each other.
+
+The connection is replaced whenever it is lost (a restart of the server,
+``pg_terminate_backend``): a call on a lost connection raises ``StoreUnavailableError``
+and the next call connects again, so the runner only has to back off and retry.
 """
 
 from __future__ import annotations
 
-import asyncpg
+import contextlib
+from collections.abc import AsyncIterator
 
-from events.postgres import DEFAULT_SCHEMA, redact
+import asyncpg
+import structlog
+
+from events.postgres import CONNECTION_ERRORS, DEFAULT_SCHEMA, OPEN_ERRORS, redact, unavailable
 from projections.fleet_view import FleetView
 from projections.runner import NAME, SetRow, StoredRows, UpgradeRow, view_from_rows
 
@@ -26,6 +34,9 @@ _SCHEMA = (
 )
 
 
+log = structlog.get_logger("osupgrade.projections")
+
+
 class PostgresTables:
     """``ProjectionTables`` in a PostgreSQL schema (normally the event store's)."""
 
@@ -34,25 +45,48 @@ class PostgresTables:
         self.schema = schema
         self._s = f'"{schema}"'
         self._conn: asyncpg.Connection | None = None
+        self._opened = False
+        self._log = log.bind(db=f"{redact(dsn)} (schema {schema})")
 
     async def open(self) -> None:
         """See ``ProjectionTables.open``; creating the tables is idempotent."""
-        self._conn = await asyncpg.connect(self.dsn)
-        async with self._conn.transaction():
+        self._opened = True
+        async with self._session() as conn, conn.transaction():
             # Two runners starting together must not race on CREATE TABLE IF NOT EXISTS.
-            await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._s)
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._s)
             for statement in _SCHEMA:
-                await self._conn.execute(statement.format(s=self._s))
+                await conn.execute(statement.format(s=self._s))
 
-    def _connection(self) -> asyncpg.Connection:
-        if self._conn is None:
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection (a new one if the last was lost); a lost one is dropped and the
+        error raised as ``StoreUnavailableError``."""
+        if not self._opened:
             raise RuntimeError(f"projection tables at {redact(self.dsn)} are not open")
-        return self._conn
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = None
+                self._conn = await asyncpg.connect(self.dsn, timeout=10)
+                self._log.info("projection tables connected")
+            yield self._conn
+        except CONNECTION_ERRORS as exc:
+            self._drop()
+            lost = unavailable(exc, f"projection tables at {redact(self.dsn)}")
+            assert lost is not None
+            raise lost from exc
+
+    def _drop(self) -> None:
+        """Forget the connection at once (no round trip: it may hang on a dead server)."""
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
 
     async def load(self) -> tuple[FleetView, int]:
         """See ``ProjectionTables.load``; one snapshot, so rows and checkpoint agree."""
-        conn = self._connection()
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
+        async with (
+            self._session() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             position = await conn.fetchval(
                 f"SELECT position FROM {self._s}.projection_checkpoints WHERE name = $1", NAME
             )
@@ -68,9 +102,8 @@ class PostgresTables:
         self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
     ) -> None:
         """See ``ProjectionTables.write``: one transaction for rows and checkpoint."""
-        conn = self._connection()
         s = self._s
-        async with conn.transaction():
+        async with self._session() as conn, conn.transaction():
             # Several servers may fold the same log into these tables. Rows at a
             # position at or before the stored checkpoint are already written (by
             # whoever got there first), and each writer's rows cover everything since
@@ -123,8 +156,12 @@ class PostgresTables:
 
     async def close(self) -> None:
         """See ``ProjectionTables.close``."""
+        self._opened = False
         if self._conn is not None:
-            await self._conn.close()
+            try:
+                await self._conn.close(timeout=5)
+            except OPEN_ERRORS:
+                self._drop()  # lost already: nothing to close politely
             self._conn = None
 
     async def rows(self) -> StoredRows:

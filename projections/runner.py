@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,12 +24,15 @@ import aiosqlite
 import orjson
 import structlog
 
-from events import EventStore, RecordedEvent
+from events import EventStore, RecordedEvent, StoreUnavailableError
 from events.head_watch import HeadWatch
+from events.sqlite import unavailable
 from projections.fleet_view import FleetView, InstanceView
 from projections.upgrade_view import UpgradeView
 
 NAME = "fleet"
+RETRY_FIRST_S = 0.05  # first pause after a failed read or write of the database
+RETRY_MAX_S = 2.0  # longest pause: how stale reads and stored rows get once it is back
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
     " name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
@@ -155,11 +159,11 @@ class SQLiteTables:
     async def write(
         self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
     ) -> None:
-        """See ``ProjectionTables.write``."""
+        """See ``ProjectionTables.write``; a full file raises ``StoreFullError`` (retried)."""
         assert self._conn is not None
         conn = self._conn
-        await conn.execute("BEGIN IMMEDIATE")
         try:
+            await conn.execute("BEGIN IMMEDIATE")
             await conn.executemany(
                 "INSERT OR REPLACE INTO projection_upgrades VALUES (?, ?, ?)", upgrades
             )
@@ -173,9 +177,13 @@ class SQLiteTables:
                 "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)", (NAME, checkpoint)
             )
             await conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK")
+            passing = unavailable(self.path, exc)
+            if passing is not None:
+                raise passing from exc
             raise
 
     async def clear(self) -> None:
@@ -202,6 +210,14 @@ class ProjectionRunner:
 
     ``tables`` is an SQLite file path or any ``ProjectionTables`` (PostgreSQL: a
     ``projections.postgres.PostgresTables`` in the event store's database).
+
+    Two positions: ``folded``, how far ``view`` (what the API reads) has folded the
+    log, and ``checkpoint``, how far the stored rows go. They are equal while the
+    database answers. When it does not (unreachable, or full), the runner keeps what
+    it folded, waits with a growing pause (up to ``RETRY_MAX_S``) and tries again:
+    reads keep answering from the view, and the rows of everything folded meanwhile
+    are stored, with its checkpoint, at the first write that succeeds. Any other error
+    is a bug and stops the runner (``wait_for`` then raises).
     """
 
     def __init__(
@@ -217,9 +233,15 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.commit_interval_s = commit_interval_s
         self.view = FleetView()
+        self.problem: StoreUnavailableError | None = None  # why it is behind, while it is
         self._opened = False
         self._task: asyncio.Task[None] | None = None
-        self._watch = HeadWatch()
+        self._watch = HeadWatch()  # the stored checkpoint
+        self._folded = HeadWatch()  # what ``view`` has folded
+        self._upgrades: set[str] = set()  # folded, not stored yet
+        self._sets: set[str] = set()
+        self._write_failures = 0
+        self._write_after = 0.0  # monotonic time: no write is tried again before
 
     async def __aenter__(self) -> ProjectionRunner:
         await self.start()
@@ -233,8 +255,13 @@ class ProjectionRunner:
         """The position up to which the stored rows are complete."""
         return self._watch.head
 
+    @property
+    def folded(self) -> int:
+        """The position up to which ``view`` has folded the log."""
+        return self._folded.head
+
     async def lag(self) -> int:
-        """How many positions the projection is behind the log's head."""
+        """How many positions the stored projection is behind the log's head."""
         return max(0, await self.store.head() - self.checkpoint)
 
     async def start(self) -> None:
@@ -243,7 +270,9 @@ class ProjectionRunner:
         self._opened = True
         self.view, position = await self.tables.load()
         self._watch = HeadWatch(position)
-        self._task = asyncio.create_task(self._follow(position), name="projection:fleet")
+        self._folded = HeadWatch(position)
+        self._upgrades, self._sets = set(), set()
+        self._task = asyncio.create_task(self._follow(), name="projection:fleet")
 
     async def stop(self) -> None:
         """Stop following (the stored rows stay consistent with the checkpoint)."""
@@ -252,18 +281,26 @@ class ProjectionRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task  # a failure was already raised to wait_for() callers
         self._watch.close()
+        self._folded.close()
         if self._opened:
             await self.tables.close()
             self._opened = False
 
     async def wait_for(self, position: int) -> None:
-        """Return once the projection has folded everything up to ``position``.
+        """Return once the stored rows cover everything up to ``position``.
 
         Raises ``ProjectionStoppedError`` if the runner stops (or fails) first.
         """
+        await self._until(self._watch, position)
+
+    async def wait_folded(self, position: int) -> None:
+        """Return once ``view`` has folded everything up to ``position`` (stored or not)."""
+        await self._until(self._folded, position)
+
+    async def _until(self, watch: HeadWatch, position: int) -> None:
         if self._task is None:
             raise ProjectionStoppedError("the projection runner is not running")
-        waiter = asyncio.ensure_future(self._watch.wait_until(position))
+        waiter = asyncio.ensure_future(watch.wait_until(position))
         done, _ = await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             waiter.result()
@@ -272,34 +309,82 @@ class ProjectionRunner:
         failure = None if self._task.cancelled() else self._task.exception()
         raise ProjectionStoppedError(f"the projection stopped at {self.checkpoint}") from failure
 
-    async def _follow(self, after: int) -> None:
-        subscription = self.store.subscribe(after=after, batch_size=self.batch_size)
-        async for page in subscription.batches():
-            await self._apply(page, subscription.position)
-            if len(page) < self.batch_size and self.commit_interval_s > 0:
-                # Caught up: let events gather for a moment (wall time) rather than
-                # commit once per store commit. Both write the same file, and every
-                # projection commit holds the write lock the event writer needs.
-                await asyncio.sleep(self.commit_interval_s)
+    async def _follow(self) -> None:
+        """Read, fold and store the log's new events for as long as the runner runs."""
+        failures = 0
+        while True:
+            try:
+                await self._step()
+            except StoreUnavailableError as exc:  # the log cannot be read: wait, try again
+                failures += 1
+                delay = _retry_delay(failures)
+                log.warning("projection cannot read the log; retrying", name=NAME,
+                            position=self.folded, in_s=delay, error=str(exc))  # fmt: skip
+                await asyncio.sleep(delay)  # wall time: the database's recovery is
+            else:
+                failures = 0
 
-    async def _apply(self, page: list[RecordedEvent], checkpoint: int) -> None:
-        touched_upgrades: set[str] = set()
-        touched_sets: set[str] = set()
+    async def _step(self) -> None:
+        """One page: fold it, store what is due, then wait for more if caught up."""
+        page = await self.store.read_all(after=self.folded, limit=self.batch_size)
+        self._fold(page)
+        await self._store_due()
+        if len(page) == self.batch_size:
+            return
+        if page and self.commit_interval_s > 0:
+            # Caught up: let events gather for a moment (wall time) rather than commit
+            # once per store commit. Both write the same file, and every projection
+            # commit holds the write lock the event writer needs.
+            await asyncio.sleep(self.commit_interval_s)
+        elif not page:
+            await self._wait_for_events()
+
+    async def _wait_for_events(self) -> None:
+        """Until the log moves; no longer than the next retry, if rows wait to be stored."""
+        new = self.store.until(self.folded + 1)
+        if self.folded <= self.checkpoint:
+            await new
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new, max(0.0, self._write_after - time.monotonic()))
+
+    def _fold(self, page: list[RecordedEvent]) -> None:
         for event in page:
             self.view.apply(event)
             if event.stream_id.startswith("upgrade-"):
                 upgrade_id = event.stream_id.removeprefix("upgrade-")
-                touched_upgrades.add(upgrade_id)
-                touched_sets.add(self.view.upgrades[upgrade_id].scale_set)
+                self._upgrades.add(upgrade_id)
+                self._sets.add(self.view.upgrades[upgrade_id].scale_set)
             elif event.stream_id.startswith("vmss-"):
-                touched_sets.add(event.stream_id.removeprefix("vmss-"))
+                self._sets.add(event.stream_id.removeprefix("vmss-"))
+        if page:
+            self._folded.advance(page[-1].position)
+
+    async def _store_due(self) -> None:
+        """Store the rows folded since the last write, unless a failed one is waited out."""
+        if self.folded <= self.checkpoint or time.monotonic() < self._write_after:
+            return
+        upgrades, sets, checkpoint = self._upgrades, self._sets, self.folded
+        self._upgrades, self._sets = set(), set()
         try:
-            await self._write(touched_upgrades, touched_sets, checkpoint)
-        except BaseException:
-            # The rows were not written: forget what was folded and start over from
-            # the stored state, so memory never runs ahead of the tables.
-            self.view, _ = await self.tables.load()
-            raise
+            await self._write(upgrades, sets, checkpoint)
+        except BaseException as exc:
+            self._upgrades |= upgrades  # still to store (with what is folded meanwhile)
+            self._sets |= sets
+            if not isinstance(exc, StoreUnavailableError):
+                raise
+            self._write_failures += 1
+            delay = _retry_delay(self._write_failures)
+            self._write_after = time.monotonic() + delay
+            if self.problem is None or self._write_failures % 10 == 1:
+                log.warning("projection rows not stored; retrying", name=NAME,
+                            checkpoint=self.checkpoint, folded=checkpoint, in_s=delay,
+                            error=str(exc))  # fmt: skip
+            self.problem = exc
+            return
+        if self.problem is not None:
+            log.info("projection rows stored again", name=NAME, checkpoint=checkpoint)
+        self.problem, self._write_failures, self._write_after = None, 0, 0.0
         self._watch.advance(checkpoint)
 
     async def _write(self, upgrades: set[str], sets: set[str], checkpoint: int) -> None:
@@ -317,6 +402,11 @@ class ProjectionRunner:
         await self.tables.clear()
         log.info("projection rebuild started", name=NAME)
         await self.start()
+
+
+def _retry_delay(failures: int) -> float:
+    """Seconds before the next try: doubling from ``RETRY_FIRST_S`` up to ``RETRY_MAX_S``."""
+    return float(min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16)))
 
 
 async def stored_rows(path: str | Path) -> StoredRows:

@@ -1,7 +1,11 @@
-"""Real ``osupgrade serve`` processes on one PostgreSQL log, for tests that need several.
+"""Real ``osupgrade serve`` processes on a shared PostgreSQL log, for multi-server tests.
 
-Servers sharing a log on a real clock must hold the same cluster secret; every server
-started here gets ``CLUSTER_SECRET`` through the environment (never the command line).
+Shared by the SIGKILL test (``tests/test_multi_engine_pg.py``), the forwarding tests and
+the fault tests that restart the database under the servers (``tests/faults/``). Time
+is real but sped up (``SPEED``), shared by every process through the database, so a
+rollout takes seconds. Servers sharing a log on a real clock must hold the same cluster
+secret; every server started here gets ``CLUSTER_SECRET`` through the environment
+(never the command line).
 """
 
 from __future__ import annotations
@@ -11,23 +15,37 @@ import os
 import signal
 import sys
 from asyncio.subprocess import PIPE, Process
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 
+from engine.pg_leases import PostgresLeaseBoard
+from events import PostgresEventStore, RecordedEvent
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SECRET = "cluster-secret-of-the-tests-" + "5" * 36
+SPEED = 300.0
+TTL, RENEW = 3.0, 1.0
+NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seconds
 
 
 @asynccontextmanager
 async def serve_process(
-    dsn: str, schema: str, log: Path, *args: str, options: Sequence[str] = ()
+    dsn: str,
+    schema: str,
+    log: Path,
+    *args: str,
+    options: Sequence[str] = (),
+    exit_codes: list[int] | None = None,
 ) -> AsyncIterator[tuple[Process, str]]:
     """One ``osupgrade serve`` on the shared log, on a free port; yields (process, url).
 
-    ``args`` go to ``serve``, ``options`` before it (``-v``, ``--log-format json``).
+    ``args`` go to ``serve``, ``options`` before it (``-v``, ``--log-format json``). On
+    exit it is stopped with SIGTERM (unless it already ended); its exit code is appended
+    to ``exit_codes`` when given.
     """
     command = ["-m", "engine.cli", *options, "serve", "--db", dsn, "--pg-schema", schema]
     command += ["--port", "0"]
@@ -46,13 +64,68 @@ async def serve_process(
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             await asyncio.wait_for(process.wait(), 30)
+        if exit_codes is not None:
+            assert process.returncode is not None
+            exit_codes.append(process.returncode)
+
+
+@asynccontextmanager
+async def engine_process(
+    dsn: str,
+    schema: str,
+    log: Path,
+    *,
+    options: Sequence[str] = (),
+    exit_codes: list[int] | None = None,
+) -> AsyncIterator[tuple[Process, str]]:
+    """``serve_process`` with the sped-up clock and short leases of the rollout tests."""
+    args = [
+        "--speed", str(SPEED), "--auth-token", "t",
+        "--lease-ttl", str(TTL), "--lease-renew", str(RENEW),
+        "--first-rollout-max-delay", "0",
+        "--new-version-delay", *(str(d) for d in NEW_VERSION_DELAY),
+    ]  # fmt: skip
+    async with serve_process(
+        dsn, schema, log, *args, options=options, exit_codes=exit_codes
+    ) as started:
+        yield started
 
 
 async def drop(dsn: str, *schemas: str) -> None:
-    """Remove a test's schemas (the log's and the leases')."""
+    """Drop the test's schemas (the shared server outlives the test)."""
     conn = await asyncpg.connect(dsn)
     try:
         for schema in schemas:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+async def spread(board: PostgresLeaseBoard, sets: int, engines: int = 3) -> None:
+    """Wait until every engine holds an even share (leases move in real time)."""
+    while True:
+        owners = Counter((await board.owners()).values())
+        fair = -(-sets // engines)
+        if None not in owners and len(owners) == engines and max(owners.values()) <= fair:
+            return
+        await asyncio.sleep(0.2)  # another process's table: there is nothing to wait on
+
+
+async def mid_rollout(store: PostgresEventStore) -> set[str]:
+    """Keys of the scale sets with an upgrade started and not finished."""
+    kinds = ["scaleset.upgrade_started", "scaleset.upgrade_finished"]
+    running: set[str] = set()
+    for r in await store.read_all(limit=10_000_000, types=kinds):
+        key = r.stream_id.removeprefix("vmss-")
+        (running.add if r.type == kinds[0] else running.discard)(key)
+    return running
+
+
+async def wait_for_events(store: PostgresEventStore, kind: str, enough: int) -> list[RecordedEvent]:
+    """Follow the log (woken by NOTIFY) until ``enough`` scale sets have a ``kind`` event."""
+    seen: dict[str, RecordedEvent] = {}
+    async for event in store.subscribe(types=[kind]):
+        seen.setdefault(event.stream_id, event)
+        if len(seen) >= enough:
+            return list(seen.values())
+    raise AssertionError("the subscription ended")

@@ -14,10 +14,9 @@ import os
 import signal
 import sys
 import uuid
-from asyncio.subprocess import PIPE, Process
+from asyncio.subprocess import PIPE
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,35 +34,19 @@ from events import PostgresEventStore, RecordedEvent
 from tests.api.live import API
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, UBUNTU, spec
-from tests.pg_servers import ROOT, drop, serve_process
+from tests.pg_servers import (
+    RENEW,
+    ROOT,
+    SPEED,
+    TTL,
+    drop,
+    engine_process,
+    mid_rollout,
+    spread,
+    wait_for_events,
+)
 
 SETS = 200
-VERBOSE: list[str] = []
-SPEED = 300.0
-TTL, RENEW = 3.0, 1.0
-NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seconds
-
-
-@asynccontextmanager
-async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[tuple[Process, str]]:
-    """One ``osupgrade serve`` on the shared log, listening on a free port."""
-    args = [
-        "--speed", str(SPEED), "--auth-token", "t",
-        "--lease-ttl", str(TTL), "--lease-renew", str(RENEW),
-        "--first-rollout-max-delay", "0",
-        "--new-version-delay", *(str(d) for d in NEW_VERSION_DELAY),
-    ]  # fmt: skip
-    async with serve_process(dsn, schema, log, *args, options=VERBOSE) as started:
-        yield started
-
-
-async def spread(board: PostgresLeaseBoard) -> None:
-    """Wait until all three engines hold an even share (leases move in real time)."""
-    while True:
-        owners = Counter((await board.owners()).values())
-        if None not in owners and len(owners) == 3 and max(owners.values()) <= -(-SETS // 3):
-            return
-        await asyncio.sleep(0.2)  # another process's table: there is nothing to wait on
 
 
 async def any_server_serves_every_set(
@@ -98,16 +81,6 @@ async def any_server_serves_every_set(
     assert await store.stream_version(f"vmss-{elsewhere}") > started
 
 
-async def mid_rollout(store: PostgresEventStore) -> set[str]:
-    """Keys of the scale sets with an upgrade started and not finished."""
-    kinds = ["scaleset.upgrade_started", "scaleset.upgrade_finished"]
-    running: set[str] = set()
-    for r in await store.read_all(limit=10_000_000, types=kinds):
-        key = r.stream_id.removeprefix("vmss-")
-        (running.add if r.type == kinds[0] else running.discard)(key)
-    return running
-
-
 async def takeovers(
     store: PostgresEventStore, after: int, streams: set[str]
 ) -> dict[str, RecordedEvent]:
@@ -118,18 +91,6 @@ async def takeovers(
             taken.setdefault(event.stream_id, event)
         if len(taken) == len(streams):
             return taken
-    raise AssertionError("the subscription ended")
-
-
-async def wait_for_events(
-    store: PostgresEventStore, kind: str, enough: int, distinct: bool = True
-) -> list[RecordedEvent]:
-    """Follow the log (woken by NOTIFY) until ``enough`` scale sets have a ``kind`` event."""
-    seen: dict[str, RecordedEvent] = {}
-    async for event in store.subscribe(types=[kind]):
-        seen.setdefault(event.stream_id, event)
-        if len(seen) >= enough:
-            return list(seen.values())
     raise AssertionError("the subscription ended")
 
 
@@ -160,7 +121,7 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
             ]
             processes = [process for process, _ in servers]
             async with asyncio.timeout(60):
-                await spread(board)
+                await spread(board, SETS)
             await admin.publish_image_version(
                 LOCATION, *UBUNTU, "1.1.0", SimulationProfile(boot_seconds=180)
             )

@@ -181,7 +181,7 @@ async def _worker(service: ApiService, request: Request) -> ScaleSetWorker:
         worker = service.engine.scale_set(sub, rg, name)
     except ScaleSetNotFoundError:
         raise scale_set_not_found(rg, name) from None
-    await worker.ready()
+    await service.engine.loaded(worker)
     return worker
 
 

@@ -2,8 +2,9 @@
 
 Every refusal goes through ``ApiError`` so that status, code and shape stay the ones
 azure-mgmt-compute maps to its exceptions (401 -> ClientAuthenticationError, 404 ->
-ResourceNotFoundError, 409 -> ResourceExistsError, others -> HttpResponseError). No
-error response ever carries ``Retry-After``: azure-core retries any error that has one.
+ResourceNotFoundError, 409 -> ResourceExistsError, others -> HttpResponseError). Only
+503 ``ServiceUnavailable`` (the event log is unreachable or full) carries
+``Retry-After``: azure-core retries any error that has one, which is right for it alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from engine.engine import (
     WorkerRestartingError,
 )
 from engine.worker import WorkerGoneError
+from events import StoreClosedError, StoreFullError, StoreUnavailableError
+
+RETRY_AFTER_S = 5  # what a 503 asks clients to wait before trying again
 
 
 class ApiError(Exception):
@@ -35,7 +39,9 @@ class ApiError(Exception):
         self.target = target
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
-        """The ARM-shaped JSON response for this error."""
+        """The ARM-shaped JSON response for this error (a 503 with ``Retry-After``)."""
+        if self.status == 503:
+            headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
         return json_response(error_body(self.code, self.message, self.target), self.status, headers)
 
 
@@ -73,14 +79,40 @@ def from_domain(exc: Exception) -> ApiError | None:
         return exc
     if isinstance(exc, InvalidParameterError):
         return invalid(exc.target, exc.message)
-    if isinstance(exc, ScaleSetNotFoundError):
-        return not_found(str(exc))
-    if isinstance(exc, OperationNotAllowedError):
-        return ApiError(409, "OperationNotAllowed", str(exc))
-    if isinstance(exc, NotOwnedHereError):  # several servers share the log: ask its owner
-        return ApiError(409, "OperationNotAllowed", str(exc))
-    if isinstance(exc, CommandConflictError | WorkerGoneError):  # raced a change: retry
-        return ApiError(409, "Conflict", str(exc))
     if isinstance(exc, WorkerRestartingError):  # the database is back soon: retry
-        return ApiError(503, "ServiceUnavailable", str(exc))
+        return unavailable(exc.cause)
+    if isinstance(exc, (StoreUnavailableError, StoreClosedError)):
+        return unavailable(exc)
+    for kinds, status, code in _REFUSALS:
+        if isinstance(exc, kinds):
+            return ApiError(status, code, str(exc))
     return None
+
+
+_REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str], ...] = (
+    (ScaleSetNotFoundError, 404, "ResourceNotFound"),
+    # several servers share the log: the client asks again (the owner, once one is live)
+    ((OperationNotAllowedError, NotOwnedHereError), 409, "OperationNotAllowed"),
+    ((CommandConflictError, WorkerGoneError), 409, "Conflict"),  # raced a change: retry
+)
+
+
+def unavailable(cause: Exception | None) -> ApiError:
+    """503 ``ServiceUnavailable``, saying whether the event log is full or unreachable.
+
+    Nothing was written (or, for a lost ``COMMIT``, a retry of the request is safe);
+    reads keep answering from what the server last folded.
+    """
+    if isinstance(cause, StoreFullError):
+        message = (
+            "The event log is full: no change can be recorded until space is freed. "
+            "Reads still answer. Retry later."
+        )
+    elif isinstance(cause, StoreClosedError):
+        message = "The server is shutting down. Retry, on another server if there is one."
+    else:
+        message = (
+            "The event log is unreachable: no change can be recorded until the database "
+            "answers again. Reads still answer. Retry later."
+        )
+    return ApiError(503, "ServiceUnavailable", message)

@@ -34,9 +34,10 @@ from starlette.responses import Response
 
 from engine.api.auth import ACCESS_KEY, FORWARDED_BY_KEY
 from engine.api.cluster import ClusterKey, SignedRequest
-from engine.api.errors import ApiError
+from engine.api.errors import ApiError, unavailable
 from engine.api.peer_url import PeerUrlError, parse_peer_url
 from engine.leases import PeerAddress
+from events import StoreUnavailableError
 
 if TYPE_CHECKING:
     from engine.api.service import ApiService
@@ -66,6 +67,8 @@ async def forward(service: ApiService, request: Request, key: str, refusal: ApiE
         return refusal.response()
     try:
         address = await own.board.owner_address(key)
+    except StoreUnavailableError as exc:  # the lease table is in the database that is away
+        return unavailable(exc).response()
     except Exception as exc:  # noqa: BLE001 - the board's database: the client retries
         log.warning("cannot look the owner up", scale_set=key, error=_describe(exc))
         return refusal.response()

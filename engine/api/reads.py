@@ -19,7 +19,7 @@ from engine.api.auth import ACCESS_KEY, authorize
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
 from engine.api.versions import complete
-from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.engine import NotOwnedHereError, ScaleSetNotFoundError, WorkerRestartingError
 from engine.worker import ScaleSetWorker
 
 log = structlog.get_logger("osupgrade.api")
@@ -97,7 +97,7 @@ class HotReads:
     def _worker(self, sub: str, rg: str, name: str) -> ScaleSetWorker | None:
         try:
             worker = self.service.engine.scale_set(sub, rg, name)
-        except (ScaleSetNotFoundError, NotOwnedHereError):
+        except (ScaleSetNotFoundError, NotOwnedHereError, WorkerRestartingError):
             return None  # the full handler answers
         return worker if worker.loaded.is_set() else None
 

@@ -33,11 +33,14 @@ from engine.engine import Engine, WorkerCrashedError
 from engine.leases import Ownership
 from engine.pg_leases import PostgresLeaseBoard
 from engine.simulated_fleet import SimulatedFleet
-from events import EventStore, PostgresEventStore, SQLiteEventStore
+from events import EventStore, PostgresEventStore, SQLiteEventStore, StoreUnavailableError
 from projections.postgres import PostgresTables
-from projections.runner import ProjectionRunner, ProjectionTables
+from projections.runner import ProjectionRunner, ProjectionStoppedError, ProjectionTables
 
 log = structlog.get_logger("osupgrade.api")
+
+PROJECTED_WAIT_S = 10.0  # longest a command's answer waits for its write to be projected
+STOP_WAIT_S = 10.0  # longest a stop waits for the projection's rows to be stored
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,33 @@ class ApiService:
     async def projected(self) -> None:
         """Wait until the projection has folded everything in the log now.
 
-        Called after each command, so a client's next read sees its own write.
+        Called after each command, so a client's next read sees its own write. The
+        command is in the log by then: if the log cannot be read, or the projection
+        does not get there within ``PROJECTED_WAIT_S``, it is answered anyway (reads
+        catch up once the database answers again).
         """
-        await self.runner.wait_for(await self.store.head())
+        try:
+            head = await self.store.head()
+            async with asyncio.timeout(PROJECTED_WAIT_S):
+                await self.runner.wait_folded(head)
+        except (StoreUnavailableError, TimeoutError) as exc:
+            log.warning("answering before the projection has caught up",
+                        folded=self.runner.folded, error=repr(exc))  # fmt: skip
+
+    async def _settle(self) -> None:
+        """On the way out: decided work into the log, rows and checkpoint stored.
+
+        Bounded, and never an error: with the database away, what is not stored yet
+        is folded again from the log at the next start.
+        """
+        await self.engine.durable()
+        try:
+            head = await self.store.head()
+            async with asyncio.timeout(STOP_WAIT_S):
+                await self.runner.wait_for(head)
+        except (StoreUnavailableError, TimeoutError, ProjectionStoppedError) as exc:
+            log.warning("stopping before the projection is stored; it catches up on the next "
+                        "start", checkpoint=self.runner.checkpoint, error=repr(exc))  # fmt: skip
 
     async def quiesced(self) -> None:
         """Wait until every worker's decisions are committed and projected."""
@@ -159,11 +186,10 @@ class ApiService:
                 async with runner:
                     service = cls(settings, store, engine, fleet, runner)
                     stack.push_async_callback(service.peer_client.aclose)
-                    await service.projected()  # serve no read older than the log
+                    await runner.wait_folded(await store.head())  # no read older than the log
                     log.info("engine and projection started", db=redacted(settings.db))
                     yield service
-                    await engine.durable()  # decided work reaches the log before we stop
-                    await service.projected()
+                    await service._settle()
             finally:
                 await _stop(engine)
         log.info("stopped; unfinished upgrades continue from the log on the next start")
