@@ -235,19 +235,19 @@ class Engine:
 
     async def _followed(self, batch: list[RecordedEvent]) -> None:
         assert self.ownership is not None
-        created, deleted = [], []
+        live: dict[str, bool] = {}  # key -> exists after this batch (a set may come back)
         for recorded in batch:
             event = DOMAIN_EVENTS.decode(recorded)
             self._apply_followed(event)
             if isinstance(event, ScaleSetCreated):
-                created.append(event.spec.key)
+                live[event.spec.key] = True
             elif isinstance(event, ScaleSetDeleted):
-                deleted.append(event.key)
+                live[event.key] = False
             elif recorded.type in _CATALOG_TYPES:
                 for worker in self._workers.values():
                     worker.nudge()
-        await self.ownership.board.add(created)
-        await self.ownership.board.remove(deleted)
+        await self.ownership.board.add([key for key, exists in live.items() if exists])
+        await self.ownership.board.remove([key for key, exists in live.items() if not exists])
 
     async def _lease_loop(self) -> None:
         """Renew and claim leases every ``renew_s``; start and stop workers to match.

@@ -7,7 +7,8 @@ and its upgrades' streams):
 
 * tokens never go down: once a newer owner wrote, no older one did;
 * each token belongs to one engine, and its first event is that engine's marker;
-* after the first marker, nothing is written without a fence;
+* after the first marker, nothing is written without a fence until the set is deleted
+  (a set created again under the same name starts unfenced; tokens keep growing);
 * within one upgrade, no instance is reimaged twice (a takeover redoes no reimage).
 """
 
@@ -96,6 +97,12 @@ def _scope(record: RecordedEvent, upgrade_of: dict[str, str]) -> str | None:
 
 
 def _check_fence(audit: FenceAudit, scope: _Scope, key: str, record: RecordedEvent) -> None:
+    _check_token(audit, scope, key, record)
+    if record.type == "scaleset.deleted":  # the set's lifetime ends: a new one is created
+        scope.fenced = False  # without a fence; its first owner's token is higher still
+
+
+def _check_token(audit: FenceAudit, scope: _Scope, key: str, record: RecordedEvent) -> None:
     fence = record.metadata.fence
     where = f"{key} at position {record.position} ({record.type})"
     if fence is None:

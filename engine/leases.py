@@ -95,6 +95,7 @@ class _Lease:
     owner: str | None = None
     token: int = 0
     expires_at: datetime | None = None
+    live: bool = True  # False once its set is deleted: the token is kept for a new set
 
 
 @dataclass
@@ -108,14 +109,17 @@ class MemoryLeaseBoard:
     _urls: dict[str, PeerAddress] = field(default_factory=dict)
 
     async def add(self, keys: Collection[str]) -> None:
-        """Make sure a lease exists for each key (new ones start free)."""
+        """Make sure a live lease exists for each key (new ones start free; one of a set
+        deleted before keeps its token, so the next owner's is higher)."""
         for key in keys:
-            self._leases.setdefault(key, _Lease())
+            self._leases.setdefault(key, _Lease()).live = True
 
     async def remove(self, keys: Collection[str]) -> None:
-        """Forget the leases of deleted scale sets."""
+        """Retire the leases of deleted scale sets (their tokens are kept, see ``add``)."""
         for key in keys:
-            self._leases.pop(key, None)
+            lease = self._leases.get(key)
+            if lease is not None:
+                lease.live, lease.owner, lease.expires_at = False, None, None
 
     async def renew_and_claim(self, engine_id: str, *, claim: bool = True) -> Holdings:
         """Heartbeat, renew, then claim free or expired leases up to the fair share."""
@@ -123,15 +127,16 @@ class MemoryLeaseBoard:
         until = now + timedelta(seconds=self.ttl_s)
         self._heartbeats[engine_id] = now
         held: dict[str, int] = {}
-        for key, lease in self._leases.items():
+        leases = {key: lease for key, lease in self._leases.items() if lease.live}
+        for key, lease in leases.items():
             if lease.owner == engine_id and _alive(lease, now):
                 lease.expires_at = until
                 held[key] = lease.token
         live = sum(1 for beat in self._heartbeats.values() if beat + _ttl(self) > now)
-        share = fair_share(len(self._leases), live)
+        share = fair_share(len(leases), live)
         want = share - len(held) if claim else 0
-        for key in sorted(self._leases):
-            lease = self._leases[key]
+        for key in sorted(leases):
+            lease = leases[key]
             if want <= 0:
                 break
             if lease.owner is None or not _alive(lease, now):
@@ -155,7 +160,7 @@ class MemoryLeaseBoard:
     async def owners(self) -> dict[str, str | None]:
         """Every lease's current owner (None when free or expired)."""
         now = self.now()
-        return {k: (v.owner if _alive(v, now) else None) for k, v in self._leases.items()}
+        return {k: (v.owner if _alive(v, now) else None) for k, v in self._leases.items() if v.live}
 
     async def announce(self, engine_id: str, url: str, mac: str | None = None) -> None:
         """Say where this engine takes requests."""

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS {s}.leases (
     token      bigint NOT NULL DEFAULT 0,
     expires_at timestamptz NOT NULL DEFAULT '-infinity'
 );
+-- A deleted set's row stays (not live) so that its token keeps growing if a set of the
+-- same name is created again: the store refuses any token below one it has recorded.
+ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS live boolean NOT NULL DEFAULT true;
 CREATE TABLE IF NOT EXISTS {s}.engine_clock (
     id            integer PRIMARY KEY CHECK (id = 1),
     origin_wall   double precision NOT NULL,
@@ -123,20 +126,23 @@ class PostgresLeaseBoard:
 
     @_step
     async def add(self, keys: Collection[str]) -> None:
-        """Make sure a lease exists for each key (new ones start free)."""
+        """Make sure a live lease exists for each key (new ones start free; one of a set
+        deleted before keeps its token, so the next owner's is higher)."""
         if keys:
             await self._conn().execute(
                 f"INSERT INTO {self._t('leases')} (scale_set) SELECT unnest($1::text[]) "
-                "ON CONFLICT DO NOTHING",
+                "ON CONFLICT (scale_set) DO UPDATE SET live = true",
                 list(keys),
             )
 
     @_step
     async def remove(self, keys: Collection[str]) -> None:
-        """Forget the leases of deleted scale sets."""
+        """Retire the leases of deleted scale sets (their tokens are kept, see ``add``)."""
         if keys:
             await self._conn().execute(
-                f"DELETE FROM {self._t('leases')} WHERE scale_set = ANY($1::text[])", list(keys)
+                f"UPDATE {self._t('leases')} SET live = false, owner = NULL, "
+                "expires_at = '-infinity' WHERE scale_set = ANY($1::text[])",
+                list(keys),
             )
 
     @_step
@@ -152,11 +158,13 @@ class PostgresLeaseBoard:
             )
             renewed = await conn.fetch(
                 f"UPDATE {leases} SET expires_at = clock_timestamp() + $2 * interval '1 second' "
-                "WHERE owner = $1 AND expires_at > clock_timestamp() RETURNING scale_set, token",
+                "WHERE owner = $1 AND live AND expires_at > clock_timestamp() "
+                "RETURNING scale_set, token",
                 engine_id, ttl,
             )  # fmt: skip
             counts = await conn.fetchrow(
-                f"SELECT (SELECT count(*) FROM {leases}), (SELECT count(*) FROM {engines} "
+                f"SELECT (SELECT count(*) FROM {leases} WHERE live), "
+                f"(SELECT count(*) FROM {engines} "
                 "WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 second')",
                 ttl,
             )
@@ -168,7 +176,7 @@ class PostgresLeaseBoard:
                     f"UPDATE {leases} l SET owner = $1, token = l.token + 1, "
                     "expires_at = clock_timestamp() + $2 * interval '1 second' "
                     f"WHERE l.scale_set IN (SELECT scale_set FROM {leases} "
-                    "WHERE owner IS NULL OR expires_at <= clock_timestamp() "
+                    "WHERE live AND (owner IS NULL OR expires_at <= clock_timestamp()) "
                     "ORDER BY scale_set LIMIT $3 FOR UPDATE SKIP LOCKED) "
                     "RETURNING scale_set, token",
                     engine_id, ttl, share - len(renewed),
@@ -202,7 +210,7 @@ class PostgresLeaseBoard:
         """Every lease's current owner (None when free or expired)."""
         rows = await self._conn().fetch(
             f"SELECT scale_set, CASE WHEN expires_at > clock_timestamp() THEN owner END AS owner "
-            f"FROM {self._t('leases')}"
+            f"FROM {self._t('leases')} WHERE live"
         )
         return {r["scale_set"]: r["owner"] for r in rows}
 
@@ -222,7 +230,8 @@ class PostgresLeaseBoard:
         row = await self._conn().fetchrow(
             f"SELECT e.engine_id, e.url, e.url_mac FROM {self._t('leases')} l "
             f"JOIN {self._t('engines')} e ON e.engine_id = l.owner "
-            "WHERE l.scale_set = $1 AND l.expires_at > clock_timestamp() AND e.url IS NOT NULL "
+            "WHERE l.scale_set = $1 AND l.live AND l.expires_at > clock_timestamp() "
+            "AND e.url IS NOT NULL "
             "AND e.heartbeat_at > clock_timestamp() - $2 * interval '1 second'",
             key, self.ttl_s,
         )  # fmt: skip

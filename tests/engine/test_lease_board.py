@@ -162,3 +162,15 @@ async def test_the_owner_of_a_set_is_reached_at_its_announced_url(env: Env) -> N
     assert await env.board.owner_address("not-a-set") is None
     await env.age()
     assert await env.board.owner_address(KEYS[0]) is None  # expired: nobody to forward to
+
+
+async def test_a_scale_set_created_again_after_removal_gets_a_higher_token(env: Env) -> None:
+    """The store keeps each set's highest fencing token: a new lifetime must exceed it."""
+    await env.board.add([KEYS[0]])
+    first = (await env.board.renew_and_claim("a")).held[KEYS[0]]
+    await env.board.remove([KEYS[0]])
+    assert await env.board.owners() == {}
+    assert (await env.board.renew_and_claim("a")).held == {}
+    await env.board.add([KEYS[0]])
+    again = (await env.board.renew_and_claim("b")).held[KEYS[0]]
+    assert again > first

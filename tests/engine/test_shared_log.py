@@ -257,3 +257,39 @@ async def test_a_stopping_engine_hands_its_sets_over_at_the_next_lease_step() ->
     assert audit_fences(records).ok
     cluster.engines = [staying]
     await cluster.stop()
+
+
+async def test_a_scale_set_deleted_and_created_again_is_driven_again_under_a_clean_audit() -> None:
+    cluster = Cluster()
+    await cluster.start(count=2, sets=2)
+
+    def driver() -> Engine | None:
+        return next((e for e in cluster.engines if e.drives(f"{SUB}/{RG}/set0".lower())), None)
+
+    async def driven() -> bool:
+        return driver() is not None
+
+    await cluster.run_until(driven)
+    owner = driver()
+    assert owner is not None
+    await owner.delete_scale_set(SUB, RG, "set0")
+    await cluster.run_until(lambda: _not(driven))
+    await cluster.admin.create_or_update_scale_set(spec("set0", 10))
+    await cluster.run_until(driven)
+    await cluster.publish("1.1.0")
+
+    async def upgraded() -> bool:
+        return (await cluster.finished()).get(f"{SUB}/{RG}/set0".lower()) == "Completed"
+
+    await cluster.run_until(upgraded)
+    log = await cluster.log()
+    tokens = [r.data["token"] for r in log if r.type == "scaleset.lease_acquired"
+              and r.stream_id == f"vmss-{SUB}/{RG}/set0".lower()]  # fmt: skip
+    assert len(tokens) >= 2 and tokens == sorted(set(tokens))  # a new lifetime, a higher token
+    audit = audit_fences(log)
+    assert audit.ok, audit.problems[:5]
+    await cluster.stop()
+
+
+async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
+    return not await check()
