@@ -36,6 +36,7 @@ from events import PostgresEventStore, RecordedEvent
 from tests.api.live import API
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, UBUNTU, spec
+from tests.servers import serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = 200
@@ -48,27 +49,14 @@ NEW_VERSION_DELAY = (0, 1800)  # engine seconds: upgrades start over 6 real seco
 @asynccontextmanager
 async def engine_process(dsn: str, schema: str, log: Path) -> AsyncIterator[tuple[Process, str]]:
     """One ``osupgrade serve`` on the shared log, listening on a free port."""
-    command = [
-        "-m", "engine.cli", *VERBOSE, "serve", "--db", dsn, "--pg-schema", schema,
-        "--port", "0", "--speed", str(SPEED), "--auth-token", "t",
+    args = [
+        "--db", dsn, "--pg-schema", schema, "--speed", str(SPEED), "--auth-token", "t",
         "--lease-ttl", str(TTL), "--lease-renew", str(RENEW),
         "--first-rollout-max-delay", "0",
         "--new-version-delay", *(str(d) for d in NEW_VERSION_DELAY),
     ]  # fmt: skip
-    err = await asyncio.to_thread(log.open, "a")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, cwd=ROOT, stdout=PIPE, stderr=err
-    )
-    err.close()
-    assert process.stdout is not None
-    line = await process.stdout.readline()  # printed once it serves
-    assert line.startswith(b"osupgrade serving"), (line, await asyncio.to_thread(log.read_text))
-    try:
-        yield process, line.split()[2].decode()
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
+    async with serve_process(args, log, global_args=VERBOSE) as server:
+        yield server
 
 
 async def drop(dsn: str, *schemas: str) -> None:
