@@ -41,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from rich.console import Console
 from rich.live import Live
@@ -73,11 +74,11 @@ from soak_faults import (  # noqa: E402
 from soak_traffic import TOKEN, Cluster, Traffic, Versions, client, set_names, setup  # noqa: E402
 
 from engine.logging import configure_logging  # noqa: E402
-from events import EventStore, RecordedEvent  # noqa: E402
+from events import EventStore, EventStoreError, RecordedEvent  # noqa: E402
 from tests.servers import ServeStartError  # noqa: E402
 
 LEASE_TTL_S, LEASE_RENEW_S = 4.0, 1.0
-CHECK_DEADLINE_S = 60.0
+SETUP_DEADLINE_S = 60.0
 PAGE = 5000
 
 console = Console(stderr=True)
@@ -239,7 +240,7 @@ async def check_phase(run: Run, servers: Servers, db: Database) -> None:
         console.log("comparing every server's reads with a fresh fold of the log")
         run.invariants.append(
             await projection_agrees(
-                run.traffic.http, run.traffic.cluster.urls(), refold, CHECK_DEADLINE_S
+                run.traffic.http, run.traffic.cluster.urls(), refold, run.args.check_timeout
             )
         )
         console.log("stopping the servers (SIGTERM)")
@@ -277,16 +278,21 @@ async def soak(args: argparse.Namespace, workdir: Path) -> Run:
         versions = Versions(every_s=args.publish_every)
         run = Run(args, Traffic(http, cluster, set_names(args.sets), versions))
         db = await _database(args, workdir)
-        stack.push_async_callback(db.dispose, args.keep)
+        stack.push_async_callback(_dispose_quietly, db, args.keep)
         servers = Servers(args.servers, serve_args(args, db), cluster, workdir)
         stack.push_async_callback(_stop_quietly, servers)
         console.log(f"starting {args.servers} server(s) on {_where(db)} (logs in {workdir})")
         await servers.start_all()
         console.log(f"setup: publishing 1.0.0 and creating {args.sets} scale sets")
-        await setup(run.traffic, random.Random(args.seed), CHECK_DEADLINE_S)
+        await setup(run.traffic, random.Random(args.seed), SETUP_DEADLINE_S)
         run.started = time.monotonic()
         await load_phase(run, servers, db)
-        await check_phase(run, servers, db)
+        try:
+            await check_phase(run, servers, db)
+        except (EventStoreError, OSError, httpx.HTTPError) as exc:  # reported, not raised
+            unreadable = Invariant("the log could be read for the checks", checked=1)
+            unreadable.fail(repr(exc))
+            run.invariants.append(unreadable)
         return run
 
 
@@ -303,6 +309,14 @@ def _where(db: Database) -> str:
     if db.sqlite is not None:
         return f"SQLite {db.sqlite}"
     return f"PostgreSQL schema {db.schema}" + (" (throwaway server)" if db.restartable else "")
+
+
+async def _dispose_quietly(db: Database, keep: bool) -> None:
+    """Remove the database (or our schemas); a failure is said, not raised."""
+    try:
+        await db.dispose(keep)
+    except (OSError, asyncpg.PostgresError) as exc:
+        console.print(f"warning: could not remove the soak's database: {exc!r}")
 
 
 async def _stop_quietly(servers: Servers) -> None:
@@ -436,6 +450,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publish-every", type=float, default=15.0, help="seconds between versions")
     p.add_argument("--http-timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--drain-timeout", type=float, default=180.0, help="quiet period bound (s)")
+    p.add_argument(
+        "--check-timeout", type=float, default=60.0,
+        help="how long reads may trail the log before they count as different (s)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="write the results here too")
     p.add_argument("--keep", action="store_true", help="keep the logs, database and work dir")

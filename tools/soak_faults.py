@@ -170,8 +170,11 @@ class Servers:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGKILL)
-        async with asyncio.timeout(KILL_WAIT_S):
-            await process.wait()
+        try:
+            async with asyncio.timeout(KILL_WAIT_S):
+                await process.wait()
+        except TimeoutError:
+            raise ServeStartError(f"server {index} outlived SIGKILL by {KILL_WAIT_S} s") from None
 
     async def stop_all(self) -> dict[int, int]:
         """SIGTERM every server (SIGKILL after the grace period); exit status by index."""
@@ -207,14 +210,14 @@ async def kill_loop(
         if not up:
             continue
         index = rng.choice(up)
-        await servers.kill(index)
-        faults.kills += 1
-        killed_at = time.monotonic()
-        await pause(stop, 1.0)  # clients meet a dead server for a moment
         try:
+            await servers.kill(index)
+            faults.kills += 1
+            killed_at = time.monotonic()
+            await pause(stop, 1.0)  # clients meet a dead server for a moment
             await servers.start(index)
         except ServeStartError as exc:
-            faults.failures.append(f"server {index} did not restart: {str(exc)[:300]}")
+            faults.failures.append(f"server {index}: {str(exc)[:300]}")
             continue
         faults.back_after_kill_s.append(time.monotonic() - killed_at)
 

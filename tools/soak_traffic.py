@@ -428,7 +428,11 @@ async def client(t: Traffic, seed: int, stop: asyncio.Event, think_s: float) -> 
     actions = [a for a, _ in ACTIONS]
     weights = [w for _, w in ACTIONS]
     while not stop.is_set():
-        await rng.choices(actions, weights)[0](t, rng)
+        action = rng.choices(actions, weights)[0]
+        try:
+            await action(t, rng)
+        except Exception as exc:  # a client's own bug is counted, not fatal to the soak
+            t.stats.failed(f"client {action.__name__}", exc)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(rng.uniform(0, think_s)):
                 await stop.wait()
