@@ -98,6 +98,7 @@ class Run:
     exit_codes: dict[int, int] = field(default_factory=dict)
     invariants: list[Invariant] = field(default_factory=list)
     events: int = 0
+    tracebacks: int = 0  # in the servers' logs
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -199,6 +200,8 @@ async def progress(run: Run, live: Live, stop: asyncio.Event) -> None:
 async def load_phase(run: Run, servers: Servers, db: Database) -> None:
     """Clients and faults for ``--minutes``; then both stop and every server is up again."""
     args, stop = run.args, asyncio.Event()
+    if args.db_restart_every > 0 and not db.restartable:
+        run.notes.append("no database restarts: --dsn names a server this tool did not start")
     rng = random.Random(args.seed)
     began = time.monotonic()
     with Live(Text("soak starting"), console=console, refresh_per_second=4) as live:
@@ -245,6 +248,7 @@ async def check_phase(run: Run, servers: Servers, db: Database) -> None:
         )
         console.log("stopping the servers (SIGTERM)")
         run.exit_codes = await servers.stop_all()
+        run.tracebacks = servers.tracebacks()
         await reader.catch_up()
         console.log(f"checking the log ({len(reader.records):,} events)")
         report = await store.verify()
@@ -362,6 +366,7 @@ def results(run: Run) -> dict[str, Any]:
         "acknowledged_commands": len(stats.promises),
         "events": run.events,
         "exit_codes": run.exit_codes,
+        "tracebacks_in_server_logs": run.tracebacks,
         "invariants": [i.as_json() for i in run.invariants],
         "notes": run.notes,
     }
@@ -385,6 +390,7 @@ def render(run: Run, out: Console) -> None:
         ("database restarts", f"{run.faults.db_restart_total} ({restarts})"),
         ("fault injection failures", str(len(run.faults.failures))),
         ("events in the log", f"{run.events:,}"),
+        ("tracebacks in the servers' logs", f"{run.tracebacks:,}"),
     ):
         summary.add_row(name, value)
     out.print(summary)

@@ -185,6 +185,13 @@ class Servers:
         codes = await asyncio.gather(*(stop_serve(p) for _, p in running))
         return {slot.index: code for (slot, _), code in zip(running, codes, strict=True)}
 
+    def tracebacks(self) -> int:
+        """Tracebacks the servers logged (each an unexpected error worth reading)."""
+        marker = "Traceback (most recent call last)"
+        return sum(
+            s.log.read_text(errors="replace").count(marker) for s in self.slots if s.log.exists()
+        )
+
     def kill_all_now(self) -> None:
         """Last resort (an error on the way out): SIGKILL whatever still runs."""
         for slot in self.slots:
