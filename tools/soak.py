@@ -183,6 +183,7 @@ def serve_args(args: argparse.Namespace, db: Database) -> Callable[[], list[str]
 async def progress(run: Run, live: Live, stop: asyncio.Event) -> None:
     """Refresh the live line twice a second until ``stop``."""
     total = run.args.minutes * 60
+    printed = time.monotonic()
     while True:
         stats, faults = run.traffic.stats, run.faults
         elapsed = time.monotonic() - run.started
@@ -193,6 +194,9 @@ async def progress(run: Run, live: Live, stop: asyncio.Event) -> None:
             f"servers up {len(run.traffic.cluster.urls())}/{run.args.servers}"
         )
         live.update(Text(line))
+        if not console.is_terminal and time.monotonic() >= printed + 30:
+            console.log(line)  # no live line in a log file: a line every 30 s instead
+            printed = time.monotonic()
         if not await pause(stop, 0.5):
             return
 
@@ -435,6 +439,9 @@ def _problems(run: Run, out: Console) -> None:
     for inv in run.invariants:
         for problem in inv.problems[:3]:
             out.print(f"FAIL {inv.name}: {problem[:400]}", markup=False, highlight=False)
+        if len(inv.kinds) > 1 or inv.failed > len(inv.problems):
+            for kind, n in inv.kinds.most_common(6):
+                out.print(f"  {n:>6,} x {kind}", markup=False, highlight=False)
 
 
 # -- command line --------------------------------------------------------------------------

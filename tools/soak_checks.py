@@ -9,6 +9,7 @@ then compared, server by server, with that fresh fold.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ class Invariant:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
     failed: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)  # failures by kind of problem
 
     @property
     def ok(self) -> bool:
@@ -54,8 +56,9 @@ class Invariant:
         return self.failed == 0
 
     def fail(self, problem: str) -> None:
-        """Count one failure (the first few are kept as examples)."""
+        """Count one failure (the first few are kept as examples, every one by kind)."""
         self.failed += 1
+        self.kinds[problem_kind(problem)] += 1
         if len(self.problems) < SHOWN:
             self.problems.append(problem)
 
@@ -67,7 +70,18 @@ class Invariant:
             "checked": self.checked,
             "failed": self.failed,
             "problems": self.problems,
+            "problem_kinds": dict(self.kinds.most_common()),
         }
+
+
+def problem_kind(problem: str) -> str:
+    """A problem without its particulars (names, positions, numbers), to count alike ones."""
+    tail = problem.rsplit("): ", 1)[-1] if "): " in problem else problem
+    tail = re.sub(r"\b(vm|engine)-\S+", "ENGINE", tail)
+    tail = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}/\S+", "SET", tail)
+    tail = re.sub(r"\(log: .*\)$", "(log: ...)", tail)
+    tail = re.sub(r"\{.*\}|\[.*\]", "...", tail)
+    return re.sub(r"\d+", "N", tail)[:120]
 
 
 async def read_log(store: EventStore) -> list[RecordedEvent]:
