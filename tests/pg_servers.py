@@ -11,10 +11,7 @@ secret; every server started here gets ``CLUSTER_SECRET`` through the environmen
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
-from asyncio.subprocess import PIPE, Process
+from asyncio.subprocess import Process
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,8 +21,8 @@ import asyncpg
 
 from engine.pg_leases import PostgresLeaseBoard
 from events import PostgresEventStore, RecordedEvent
+from tests.servers import start_serve, stop_serve
 
-ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SECRET = "cluster-secret-of-the-tests-" + "5" * 36
 SPEED = 300.0
 TTL, RENEW = 3.0, 1.0
@@ -47,26 +44,15 @@ async def serve_process(
     exit it is stopped with SIGTERM (unless it already ended); its exit code is appended
     to ``exit_codes`` when given.
     """
-    command = ["-m", "engine.cli", *options, "serve", "--db", dsn, "--pg-schema", schema]
-    command += ["--port", "0"]
-    env = {**os.environ, "OSUPGRADE_CLUSTER_SECRET": CLUSTER_SECRET}
-    err = await asyncio.to_thread(log.open, "a")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *command, *args, cwd=ROOT, stdout=PIPE, stderr=err, env=env
-    )
-    err.close()
-    assert process.stdout is not None
-    line = await process.stdout.readline()  # printed once it serves
-    assert line.startswith(b"osupgrade serving"), (line, await asyncio.to_thread(log.read_text))
+    serve_args = ["--db", dsn, "--pg-schema", schema, *args]
+    secret = {"OSUPGRADE_CLUSTER_SECRET": CLUSTER_SECRET}
+    process, url = await start_serve(serve_args, log, global_args=options, env=secret)
     try:
-        yield process, line.split()[2].decode()
+        yield process, url
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), 30)
+        code = await stop_serve(process)
         if exit_codes is not None:
-            assert process.returncode is not None
-            exit_codes.append(process.returncode)
+            exit_codes.append(code)
 
 
 @asynccontextmanager

@@ -36,7 +36,6 @@ from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, UBUNTU, spec
 from tests.pg_servers import (
     RENEW,
-    ROOT,
     SPEED,
     TTL,
     drop,
@@ -45,6 +44,7 @@ from tests.pg_servers import (
     spread,
     wait_for_events,
 )
+from tests.servers import ROOT
 
 SETS = 200
 

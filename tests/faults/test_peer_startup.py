@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.pg_servers import CLUSTER_SECRET, ROOT
+from tests.pg_servers import CLUSTER_SECRET
+from tests.servers import ROOT
 
 BAD_URLS = {
     "http://127.0.0.1:8080/forward": "without a path",

@@ -38,16 +38,8 @@ from tests.api.live import API
 from tests.engine.harness import LOCATION, UBUNTU, spec
 from tests.faults.client_load import Tally, run_client, vmss_path
 from tests.faults.conftest import ThrowawayPostgres
-from tests.pg_servers import (
-    RENEW,
-    ROOT,
-    SPEED,
-    TTL,
-    engine_process,
-    mid_rollout,
-    spread,
-    wait_for_events,
-)
+from tests.pg_servers import RENEW, SPEED, TTL, engine_process, mid_rollout, spread, wait_for_events
+from tests.servers import ROOT
 
 SETS = 24
 SCHEMA = "osupgrade"
