@@ -299,7 +299,9 @@ class Traffic:
         url = response.headers.get("azure-asyncoperation", "")
         parts = urlsplit(url)
         operation = parts.path.rsplit("/", 1)[-1]
-        op_kind, _, upgrade_id = operation.partition(".")
+        # "start.<upgrade id>", "cancel.<upgrade id>", "approve.<upgrade id>.<ms>"
+        op_kind, _, rest = operation.partition(".")
+        upgrade_id = rest.split(".", 1)[0]
         if op_kind != kind or not upgrade_id:
             return  # no operation header: nothing to check but the status
         self.operations.append(parts.path)
