@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from engine.domain.events import (
     GalleryImageVersionPublished,
@@ -30,9 +31,11 @@ class Catalog:
         default_factory=dict
     )
     gallery: dict[str, dict[str, GalleryVersion]] = field(default_factory=dict)
+    available: dict[tuple[str, ...], datetime] = field(default_factory=dict)
+    """When each version became available in a location: (location, image..., version)."""
 
-    def apply(self, event: object) -> None:
-        """Fold one catalog event."""
+    def apply(self, event: object, at: datetime | None = None) -> None:
+        """Fold one catalog event, recorded at engine time ``at``."""
         if isinstance(event, ImageVersionPublished):
             key = (
                 event.location.lower(),
@@ -41,15 +44,35 @@ class Catalog:
                 event.sku.lower(),
             )
             self.platform.setdefault(key, {})[event.version] = event.simulation
+            self._available_from(at, *key, event.version)
         elif isinstance(event, GalleryImageVersionPublished):
-            versions = self.gallery.setdefault(event.image_id.lower(), {})
+            image_id = event.image_id.lower()
+            versions = self.gallery.setdefault(image_id, {})
             versions[event.version] = GalleryVersion(
                 {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
             )
+            for region in event.regions:
+                self._available_from(at, region.lower(), image_id, event.version)
         elif isinstance(event, GalleryImageVersionReplicated):
-            found = self.gallery.get(event.image_id.lower(), {}).get(event.version)
+            image_id = event.image_id.lower()
+            found = self.gallery.get(image_id, {}).get(event.version)
             if found is not None:
                 found.regions.add(event.region.lower())
+                self._available_from(at, event.region.lower(), image_id, event.version)
+
+    def _available_from(self, at: datetime | None, *key: str) -> None:
+        if at is not None:
+            self.available.setdefault(key, at)  # the first time counts
+
+    def available_at(self, image: ImageReference, location: str, version: str) -> datetime | None:
+        """When ``version`` of ``image`` became available in ``location`` (None: unknown).
+
+        Later automatic rollouts are timed from this moment (SPEC 2.1.1).
+        """
+        if image.is_gallery:
+            assert image.id is not None
+            return self.available.get((location.lower(), image.id.lower(), version))
+        return self.available.get((location.lower(), *image.family, version))
 
     def versions(self, location: str, publisher: str, offer: str, sku: str) -> list[str]:
         """Platform versions of one image family in one location, oldest first."""

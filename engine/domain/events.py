@@ -125,12 +125,17 @@ class LeaseAcquired:
 @register("scaleset.automatic_upgrade_scheduled")
 @dataclass(frozen=True)
 class AutomaticUpgradeScheduled:
-    """A durable timer: start a Platform upgrade to ``target_version`` at ``due_at``."""
+    """A durable timer: start a Platform upgrade to ``target_version`` at ``due_at``.
+
+    ``due_at`` is ``counted_from + delay_s``, or the moment the set was free to start
+    if that had passed (a rollout was running).
+    """
 
     target_version: str
     due_at: datetime
-    reason: str  # "first rollout after enabling" or "new version available"
+    reason: str  # "first rollout after enabling", "new version available", "newer ..."
     delay_s: int
+    counted_from: datetime | None = None  # the version's availability or the enabling
 
 
 @register("scaleset.upgrade_started")

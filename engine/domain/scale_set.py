@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from engine.domain.events import (
@@ -83,6 +83,10 @@ class ScaleSetState:
             if event.started_by == StartedBy.PLATFORM:
                 self.platform_upgrades += 1
                 self.scheduled = None
+            elif self.scheduled is not None and version_key(event.target_version) >= version_key(
+                self.scheduled.target_version
+            ):
+                self.scheduled = None  # a manual upgrade does what the timer would have done
         elif isinstance(event, ScaleSetUpgradeFinished):
             active = self.active_upgrade
             if active is not None and active.started_by == StartedBy.PLATFORM:
@@ -109,9 +113,21 @@ def jitter(key: str, version: str, span_s: int) -> int:
 
 
 def schedule_automatic(
-    state: ScaleSetState, latest: str | None, now: datetime, settings: EngineSettings
+    state: ScaleSetState,
+    latest: str | None,
+    now: datetime,
+    settings: EngineSettings,
+    available_at: datetime | None = None,
 ) -> AutomaticUpgradeScheduled | None:
-    """Schedule a Platform upgrade when a newer version is available (SPEC 2.1.1)."""
+    """Schedule a Platform upgrade when a newer version is available (SPEC 2.1.1).
+
+    The delay is counted from when ``latest`` became available here (``available_at``,
+    from the catalog's log; ``now`` if unknown), not from when the set was free to look
+    at it: a version published while a rollout runs is due 30-60 minutes after its
+    publication, and starts as soon as that rollout ends if the window has passed. The
+    first rollout after enabling gets the set's one-time spread of up to 3 hours,
+    counted from the enabling or, for a version that comes later, from its publication.
+    """
     spec = state.spec
     if spec is None or state.deleted or state.automatic_configured_at is None or latest is None:
         return None
@@ -122,23 +138,40 @@ def schedule_automatic(
         return None
     if state.not_retried is not None and version_key(latest) <= version_key(state.not_retried):
         return None  # a failed automatic rollout is not retried; a newer version is
-    if state.scheduled is not None and version_key(state.scheduled.target_version) >= version_key(
-        latest
-    ):
+    scheduled = state.scheduled
+    if scheduled is not None and version_key(scheduled.target_version) >= latest_key:
         return None
-    if state.scheduled is not None:  # a newer version: keep the earlier due time
-        return AutomaticUpgradeScheduled(
-            latest, state.scheduled.due_at, "newer version available", state.scheduled.delay_s
-        )
+    if scheduled is not None:  # a newer version: keep the time already chosen
+        return replace(scheduled, target_version=latest, reason="newer version available")
+    since = available_at if available_at is not None else now
     if state.platform_upgrades == 0:
-        delay = jitter(spec.key, "first", settings.first_rollout_max_delay_s)
-        due = max(now, state.automatic_configured_at + timedelta(seconds=delay))
-        return AutomaticUpgradeScheduled(latest, due, "first rollout after enabling", delay)
-    span = settings.new_version_max_delay_s - settings.new_version_min_delay_s
-    delay = settings.new_version_min_delay_s + jitter(spec.key, latest, span)
-    return AutomaticUpgradeScheduled(
-        latest, now + timedelta(seconds=delay), "new version available", delay
-    )
+        delay = first_rollout_delay(spec.key, settings)
+        base = max(state.automatic_configured_at, since)
+        reason = "first rollout after enabling"
+    else:
+        span = settings.new_version_max_delay_s - settings.new_version_min_delay_s
+        delay = settings.new_version_min_delay_s + jitter(spec.key, latest, span)
+        base, reason = since, "new version available"
+    due = max(now, base + timedelta(seconds=delay))
+    return AutomaticUpgradeScheduled(latest, due, reason, delay, base)
+
+
+def first_rollout_delay(key: str, settings: EngineSettings) -> int:
+    """The set's one-time spread of its first rollout: fixed by the set, so load spreads
+    over the 3 hours and a replay (or a restarted engine) chooses the same."""
+    return jitter(key, "first", settings.first_rollout_max_delay_s)
+
+
+def manual_target(state: ScaleSetState, latest: str | None) -> str:
+    """The version a manual upgrade moves every instance to (SPEC 2.1.2).
+
+    The latest available one, or the newest an instance runs if the catalog has nothing
+    newer. An empty set (capacity 0) has no instance to go by: the catalog's latest, or
+    the model's own version.
+    """
+    assert state.spec is not None
+    known = [v for v in (latest, *state.instance_versions.values()) if v is not None]
+    return max(known, key=version_key) if known else state.spec.image.version
 
 
 def upgrade_id_for(state: ScaleSetState) -> str:
