@@ -290,6 +290,9 @@ class BatchCompleted:
     processed_total: int
     failed_total: int
     limit_percent: int
+    # upgraded earlier, Healthy after their wait, not Healthy now: counted against the
+    # limit with failed_total (not folded into it: they may recover)
+    unhealthy_after_upgrade: tuple[str, ...] = ()
 
 
 @register("upgrade.pause_started")
