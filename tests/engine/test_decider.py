@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from engine.domain.events import (
     PreCheckPassed,
     UpgradeFaulted,
     UpgradeRequested,
+    gallery_stream,
 )
 from engine.domain.model import Health, ImageReference, RollingUpgradePolicy, StartedBy
 from engine.domain.upgrade import BEFORE, UpgradeState, batch_size, decide, exceeds
@@ -158,3 +160,51 @@ def test_decide_is_pure() -> None:
     second = decide(state, health, NOW + timedelta(seconds=30))
     assert first == second
     assert state.instances["0"].phase == "waiting"  # deciding changed nothing
+
+
+def test_fault_messages_give_the_percentage_and_the_counts() -> None:
+    (fault,) = decide(state_after(request(10)), healthy(10, unhealthy=3), NOW).events
+    assert isinstance(fault, UpgradeFaulted)
+    assert fault.message == (
+        "30% of the scale set's instances are unhealthy (3 of 10) - more than the threshold of 20%."
+    )
+    # 2 of 3 is 66.67 %: the message rounds down, as the integers it compares
+    (fault,) = decide(state_after(request(3)), healthy(3, unhealthy=2), NOW).events
+    assert isinstance(fault, UpgradeFaulted)
+    assert fault.message.startswith("66% of the scale set's instances are unhealthy (2 of 3)")
+
+
+def test_a_deadline_between_two_probes_is_looked_at_itself() -> None:
+    state = _waiting()
+    state.instances["0"].health = Health.UNHEALTHY
+    state.health_deadline = NOW + timedelta(seconds=302)  # not on the 5-second grid
+    # off the grid nothing is observed (not even a recovery): the next look is the deadline
+    early = decide(state, {"0": Health.HEALTHY}, NOW + timedelta(seconds=301))
+    assert (early.events, early.wait_until) == ((), NOW + timedelta(seconds=302))
+    (timed_out,) = decide(state, {"0": Health.UNHEALTHY}, NOW + timedelta(seconds=302)).events
+    assert isinstance(timed_out, InstanceHealthTimeout)
+
+
+def test_the_end_of_the_grace_period_between_two_probes_is_looked_at_itself() -> None:
+    state = state_after(
+        replace(request(1), grace_period_s=302),
+        PreCheckPassed(0, 1, 20),
+        BatchStarted(0, ("0",), 1, "x", 0, 1),
+        InstanceReimageStarted("0", "1.0.0", "2.0.0"),
+        InstanceReimaged("0", "2.0.0"),
+        HealthWaitStarted(("0",), NOW + timedelta(minutes=5)),
+    )
+    state.instances["0"].health = Health.INITIALIZING  # past the deadline: keep waiting
+    waiting = decide(state, {"0": Health.INITIALIZING}, NOW + timedelta(seconds=301))
+    assert (waiting.events, waiting.wait_until) == ((), NOW + timedelta(seconds=302))
+    (timed_out,) = decide(state, {"0": Health.INITIALIZING}, NOW + timedelta(seconds=302)).events
+    assert isinstance(timed_out, InstanceHealthTimeout)
+    assert timed_out.waited_s == 302
+
+
+def test_gallery_streams_are_named_by_the_image_id_in_lower_case() -> None:
+    """Logs already written name them so: the name is part of the log's contract."""
+    image = "/subscriptions/S/resourceGroups/G/providers/Microsoft.Compute/galleries/X/images/App"
+    assert gallery_stream(image) == (
+        "gallery-subscriptions/s/resourcegroups/g/providers/microsoft.compute/galleries/x/images/app"
+    )

@@ -450,6 +450,12 @@ async def test_expired_credentials_fault_the_first_batch_and_a_redeploy_fixes_al
         upgrade = await run_upgrade(w, "x")
         assert upgrade.status == UpgradeStatus.FAULTED
         assert upgrade.error.code == EXTENSIONS
+        error = upgrade.error
+        assert (error.numerator, error.denominator, error.limit_percent) == (2, 2, 0)
+        assert error.message == (
+            "2 instance(s) failed to provision extensions after the upgrade (an extension's "
+            "credential may have expired); they are left failed."
+        )
         failed = [i for i, p in upgrade.instances.items() if p.phase == "failed"]
         assert sorted(failed) == ["0", "1"]  # the first batch, left failed (no rollback)
         fresh = Extension("app", credential_expires_at=T0 + timedelta(days=365))

@@ -15,6 +15,8 @@ from engine.domain.events import (
     AutomaticUpgradeScheduled,
     BatchCompleted,
     BatchStarted,
+    PauseStarted,
+    UpgradeCancelled,
 )
 from engine.domain.model import Health, RollingUpgradePolicy, UpgradeStatus
 from engine.domain.upgrade import BEFORE, DURING, UPGRADED, UpgradeState
@@ -324,3 +326,30 @@ async def test_unknown_counts_as_unhealthy_in_the_check_between_batches() -> Non
         assert upgrade.status == UpgradeStatus.FAULTED
         assert upgrade.error is not None and upgrade.error.code == DURING
         assert len(await batches(w)) == 1
+
+
+async def test_a_cancel_counts_what_succeeded_failed_and_never_started() -> None:
+    async with world(autojump=False) as w:
+        await w.create(spec("c", 10))
+        await w.publish("1.1.0", boot_seconds=60, unhealthy_instance_percent=100)
+        await w.in_batch("c")
+        await w.engine.cancel_upgrade(SUB, RG, "c")
+        cancelled_at = w.clock.now()
+        upgrade = await w.finish("c")
+        assert upgrade.status == UpgradeStatus.CANCELLED
+        assert (upgrade.last_action, upgrade.last_action_time) == ("Cancel", cancelled_at)
+        (end,) = [e for _, e in await w.events("upgrade-") if isinstance(e, UpgradeCancelled)]
+        assert (end.succeeded, end.failed, end.not_started) == (0, 2, 8)
+
+
+async def test_batches_are_numbered_in_order_and_pause_only_when_asked() -> None:
+    async with world() as w:
+        await w.create(spec("b", 10))
+        await w.publish("1.1.0", boot_seconds=0)
+        upgrade = await w.engine.wait_for_upgrade(SUB, RG, "b")
+        events = [e for _, e in await w.events("upgrade-")]
+        started = [e.index for e in events if isinstance(e, BatchStarted)]
+        completed = [e.index for e in events if isinstance(e, BatchCompleted)]
+        assert started == completed == [0, 1, 2, 3, 4]
+        assert not any(isinstance(e, PauseStarted) for e in events)  # PT0S: no pause at all
+        assert all(p.health == Health.HEALTHY for p in upgrade.instances.values())
