@@ -137,7 +137,7 @@ def test_five_minutes_vs_five_minutes_and_one_second() -> None:
     assert isinstance(healthy_at_deadline, InstanceHealthy)
     (timed_out,) = decide(state, {"0": Health.UNHEALTHY}, deadline).events
     assert isinstance(timed_out, InstanceHealthTimeout)
-    assert timed_out.waited_s == 300
+    assert (timed_out.waited_s, timed_out.last_health) == (300, Health.UNHEALTHY)
     # between probes nothing is observed, healthy or not: the next look is on the grid
     later = decide(state, {"0": Health.HEALTHY}, deadline + timedelta(seconds=1))
     assert later.events == ()
@@ -199,7 +199,10 @@ def test_the_end_of_the_grace_period_between_two_probes_is_looked_at_itself() ->
     assert (waiting.events, waiting.wait_until) == ((), NOW + timedelta(seconds=302))
     (timed_out,) = decide(state, {"0": Health.INITIALIZING}, NOW + timedelta(seconds=302)).events
     assert isinstance(timed_out, InstanceHealthTimeout)
-    assert timed_out.waited_s == 302
+    assert (timed_out.waited_s, timed_out.last_health) == (302, Health.INITIALIZING)
+    # on the grid, past the deadline, still booting: the next probe, or the grace end
+    on_grid = decide(state, {"0": Health.INITIALIZING}, NOW + timedelta(seconds=300))
+    assert (on_grid.events, on_grid.wait_until) == ((), NOW + timedelta(seconds=302))
 
 
 def test_gallery_streams_are_named_by_the_image_id_in_lower_case() -> None:

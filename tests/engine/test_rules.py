@@ -9,6 +9,7 @@ import pytest
 
 from engine.domain.events import (
     BatchStarted,
+    HealthWaitStarted,
     InstanceHealthTimeout,
     InstanceReimaged,
     InstanceRolledBack,
@@ -210,6 +211,9 @@ async def test_unhealthy_instances_go_first_when_prioritised() -> None:
         await w.publish("1.1.0", boot_seconds=0)
         await run_upgrade(w, "u")
         assert (await batches(w))[0] == ("7", "9")
+        (first, *_) = [e for _, e in await w.events("upgrade-") if isinstance(e, BatchStarted)]
+        assert first.reason == "next 2 of 10 pending instances, unhealthy first"
+        assert (first.batch_size, first.unhealthy, first.total) == (2, 2, 10)
 
 
 async def test_service_fabric_goes_update_domain_by_update_domain() -> None:
@@ -338,6 +342,14 @@ async def test_without_a_health_source_healthy_means_extensions_provisioned() ->
         assert broken.status == UpgradeStatus.FAULTED
         assert broken.error.code == EXTENSIONS
         assert broken.instances["0"].phase == "failed"
+        plain_and_broken = [e for _, e in await w.events("upgrade-")]
+        assert not any(isinstance(e, HealthWaitStarted) for e in plain_and_broken)
+        (timeout,) = [e for e in plain_and_broken if isinstance(e, InstanceHealthTimeout)]
+        assert (timeout.instance_id, timeout.last_health, timeout.waited_s) == (
+            "0",
+            Health.UNHEALTHY,
+            0,
+        )
         assert [i for i, p in broken.instances.items() if p.phase == "healthy"] == []
 
 

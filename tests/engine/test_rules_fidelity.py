@@ -15,6 +15,7 @@ from engine.domain.events import (
     AutomaticUpgradeScheduled,
     BatchCompleted,
     BatchStarted,
+    HealthWaitStarted,
     PauseStarted,
     UpgradeCancelled,
 )
@@ -149,7 +150,12 @@ async def test_the_whole_set_is_checked_before_the_first_batch_too() -> None:
         upgrade = await w.engine.wait_for_upgrade(SUB, RG, "d")
         assert upgrade.status == UpgradeStatus.FAULTED
         assert upgrade.error is not None and upgrade.error.code == DURING
-        assert (upgrade.error.numerator, upgrade.error.denominator) == (5, 10)
+        error = upgrade.error
+        assert (error.numerator, error.denominator, error.limit_percent) == (5, 10, 20)
+        assert error.message == (
+            "50% of the scale set's instances are unhealthy (5 of 10) - more than the "
+            "threshold of 20%."
+        )
         assert await batches(w) == []
 
 
@@ -344,12 +350,17 @@ async def test_a_cancel_counts_what_succeeded_failed_and_never_started() -> None
 
 async def test_batches_are_numbered_in_order_and_pause_only_when_asked() -> None:
     async with world() as w:
-        await w.create(spec("b", 10))
+        await w.create(spec("b", 12))
         await w.publish("1.1.0", boot_seconds=0)
         upgrade = await w.engine.wait_for_upgrade(SUB, RG, "b")
         events = [e for _, e in await w.events("upgrade-")]
-        started = [e.index for e in events if isinstance(e, BatchStarted)]
+        started = [e for e in events if isinstance(e, BatchStarted)]
         completed = [e.index for e in events if isinstance(e, BatchCompleted)]
-        assert started == completed == [0, 1, 2, 3, 4]
+        assert [e.index for e in started] == completed == [0, 1, 2, 3, 4, 5]
+        # instance ids are numbers: "10" comes after "9", not after "1"
+        assert [e.members for e in started] == [(str(i), str(i + 1)) for i in range(0, 12, 2)]
+        assert {e.batch_size for e in started} == {2}
+        waits = [e.instances for e in events if isinstance(e, HealthWaitStarted)]
+        assert waits == [e.members for e in started]
         assert not any(isinstance(e, PauseStarted) for e in events)  # PT0S: no pause at all
         assert all(p.health == Health.HEALTHY for p in upgrade.instances.values())
