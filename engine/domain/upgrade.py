@@ -260,14 +260,22 @@ def _cancel_requested(state: UpgradeState, event: CancelRequested, at: datetime)
     state.last_action_time = at
 
 
-def _end(status: UpgradeStatus) -> Callable[[UpgradeState, Any, datetime], None]:
-    def end(state: UpgradeState, event: object, at: datetime) -> None:
-        state.status = status
-        state.ended_at = at
-        if isinstance(event, UpgradeFaulted):
-            state.error = event
+def _end(
+    state: UpgradeState, event: UpgradeCancelled | UpgradeCompleted | UpgradeFaulted, at: datetime
+) -> None:
+    # A plain function, not a closure made when the module loads: a fold the mutation
+    # tester can reach (it swaps functions when they are called, not when they are made).
+    state.status = _END_STATUS[type(event)]
+    state.ended_at = at
+    if isinstance(event, UpgradeFaulted):
+        state.error = event
 
-    return end
+
+_END_STATUS = {
+    UpgradeCancelled: UpgradeStatus.CANCELLED,
+    UpgradeCompleted: UpgradeStatus.COMPLETED,
+    UpgradeFaulted: UpgradeStatus.FAULTED,
+}
 
 
 _FOLD: dict[type, Callable[[UpgradeState, Any, datetime], None]] = {
@@ -288,9 +296,9 @@ _FOLD: dict[type, Callable[[UpgradeState, Any, datetime], None]] = {
     PauseStarted: _pause,
     InstancesApproved: _approved,
     CancelRequested: _cancel_requested,
-    UpgradeCancelled: _end(UpgradeStatus.CANCELLED),
-    UpgradeCompleted: _end(UpgradeStatus.COMPLETED),
-    UpgradeFaulted: _end(UpgradeStatus.FAULTED),
+    UpgradeCancelled: _end,
+    UpgradeCompleted: _end,
+    UpgradeFaulted: _end,
 }
 
 
