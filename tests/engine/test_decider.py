@@ -8,19 +8,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.domain.events import (
+    BatchCompleted,
     BatchStarted,
     HealthWaitStarted,
     InstanceHealthTimeout,
     InstanceHealthy,
     InstanceReimaged,
     InstanceReimageStarted,
+    InstanceRollbackFailed,
+    InstanceRollbackStarted,
     PreCheckPassed,
     UpgradeFaulted,
     UpgradeRequested,
     gallery_stream,
 )
 from engine.domain.model import Health, ImageReference, RollingUpgradePolicy, StartedBy
+from engine.domain.scale_set import ScaleSetState, start_upgrade
 from engine.domain.upgrade import BEFORE, UpgradeState, batch_size, decide, exceeds
+from tests.engine.harness import spec
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -211,3 +216,27 @@ def test_gallery_streams_are_named_by_the_image_id_in_lower_case() -> None:
     assert gallery_stream(image) == (
         "gallery-subscriptions/s/resourcegroups/g/providers/microsoft.compute/galleries/x/images/app"
     )
+
+
+def test_a_failed_instance_is_failed_until_its_rollback_and_a_failed_rollback_counts() -> None:
+    state = _waiting(2)
+    timed_out = InstanceHealthTimeout("0", Health.UNHEALTHY, 300)
+    state.apply(timed_out, NOW)
+    failed = state.instances["0"]
+    assert (failed.phase, failed.needs_rollback) == ("failed", True)  # "1" still waits
+    state.apply(InstanceHealthy("1"), NOW)
+    (rollback,) = decide(state, {}, NOW).events
+    assert rollback == InstanceRollbackStarted("0", "1.0.0")
+    state.apply(rollback, NOW)
+    assert (failed.phase, failed.needs_rollback) == ("rolling_back", False)
+    state.apply(InstanceRollbackFailed("0", "OSProvisioningTimedOut"), NOW)
+    assert failed.phase == "rollback_failed"
+    done, fault = decide(state, {"0": Health.UNHEALTHY, "1": Health.HEALTHY}, NOW).events
+    assert isinstance(done, BatchCompleted) and isinstance(fault, UpgradeFaulted)
+    assert (done.succeeded, done.failed, done.failed_total) == (("1",), ("0",), 1)
+
+
+def test_starting_on_a_missing_or_deleted_set_is_a_lookup_error() -> None:
+    for state in (ScaleSetState(), ScaleSetState(spec=spec("gone", 2), deleted=True)):
+        with pytest.raises(LookupError, match=r"^the scale set does not exist$"):
+            start_upgrade(state, StartedBy.USER, "2.0.0")

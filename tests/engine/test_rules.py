@@ -247,6 +247,11 @@ async def test_zones_go_one_at_a_time_unless_cross_zone() -> None:
         assert any(
             len({int(i) % 3 for i in b.members}) > 1 for b in events if "zone" not in b.reason
         )
+        # zone "1" holds instances 0, 3, 6, 9 (and goes first): two batches of 2
+        assert [(b.members, b.reason) for b in events if "zone" in b.reason][:2] == [
+            (("0", "3"), "next 2 of 12 pending instances, zone 1"),
+            (("6", "9"), "next 2 of 10 pending instances, zone 1"),
+        ]
 
 
 async def test_data_disks_are_kept_and_extensions_provisioned_again() -> None:

@@ -6,6 +6,7 @@ would, and checks the rule as the source documents state it.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -193,6 +194,9 @@ async def test_upgraded_instances_unhealthy_after_their_wait_count_towards_the_t
         assert upgrade.status == UpgradeStatus.FAULTED
         assert upgrade.error is not None and upgrade.error.code == UPGRADED
         assert (upgrade.error.numerator, upgrade.error.denominator) == (2, 4)
+        assert upgrade.error.message == (
+            "50% of the upgraded instances are unhealthy (2 of 4) - more than the threshold of 20%."
+        )
         done = [e for _, e in await w.events("upgrade-") if isinstance(e, BatchCompleted)]
         assert done[1].unhealthy_after_upgrade == first  # the inputs of the decision
         assert len(await batches(w)) == 2
@@ -364,3 +368,23 @@ async def test_batches_are_numbered_in_order_and_pause_only_when_asked() -> None
         assert waits == [e.members for e in started]
         assert not any(isinstance(e, PauseStarted) for e in events)  # PT0S: no pause at all
         assert all(p.health == Health.HEALTHY for p in upgrade.instances.values())
+
+
+async def test_one_update_domain_is_one_batch() -> None:
+    async with world() as w:
+        one = spec("sf", 4, service_fabric=True, service_fabric_durability="Gold", update_domains=1)
+        await w.create(one)
+        await w.publish("1.1.0", boot_seconds=0)
+        upgrade = await w.engine.wait_for_upgrade(SUB, RG, "sf")
+        assert upgrade.status == UpgradeStatus.COMPLETED
+        assert await batches(w) == [("0", "1", "2", "3")]
+
+
+async def test_upgrade_ids_are_24_hex_digits_fixed_by_the_set_and_its_log() -> None:
+    ids = []
+    for _ in range(2):
+        async with world() as w:
+            await w.create(spec("m", 2, automatic=False))
+            ids.append(await w.engine.start_os_upgrade(SUB, RG, "m"))
+    assert ids[0] == ids[1]  # a replayed log names its upgrades the same
+    assert re.fullmatch(r"[0-9a-f]{24}", ids[0])
