@@ -12,6 +12,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
@@ -38,9 +39,13 @@ from engine.domain.model import (
     StartedBy,
     canonical_version,
     scale_set_key,
-    version_key,
 )
-from engine.domain.scale_set import EngineSettings, OperationNotAllowedError, ScaleSetState
+from engine.domain.scale_set import (
+    EngineSettings,
+    OperationNotAllowedError,
+    ScaleSetState,
+    manual_target,
+)
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
 from engine.fleet import Fleet, FleetWatch
@@ -183,7 +188,7 @@ class Engine:
             async for page in self._scan(_FOLLOWED, up_to=head):
                 for recorded in page:
                     last_time = recorded.occurred_at
-                    self._apply_followed(DOMAIN_EVENTS.decode(recorded))
+                    self._apply_followed(DOMAIN_EVENTS.decode(recorded), recorded.occurred_at)
             tail = await self.store.read_all(after=max(0, head - 1), up_to=head)
             if tail:
                 last_time = tail[-1].occurred_at
@@ -208,14 +213,14 @@ class Engine:
             yield page
             after = page[-1].position
 
-    def _apply_followed(self, event: object) -> None:
+    def _apply_followed(self, event: object, at: datetime) -> None:
         """Fold what every engine needs to know: the catalog and which sets exist."""
         if isinstance(event, ScaleSetCreated):
             self._known.add(event.spec.key)
         elif isinstance(event, ScaleSetDeleted):
             self._known.discard(event.key)
         else:
-            self._apply_catalog(event)
+            self._apply_catalog(event, at)
 
     # -- sharing the log with other engines --------------------------------------------
 
@@ -238,7 +243,7 @@ class Engine:
         live: dict[str, bool] = {}  # key -> exists after this batch (a set may come back)
         for recorded in batch:
             event = DOMAIN_EVENTS.decode(recorded)
-            self._apply_followed(event)
+            self._apply_followed(event, recorded.occurred_at)
             if isinstance(event, ScaleSetCreated):
                 live[event.spec.key] = True
             elif isinstance(event, ScaleSetDeleted):
@@ -418,10 +423,10 @@ class Engine:
 
     # -- catalog ---------------------------------------------------------------------
 
-    def _apply_catalog(self, event: object) -> None:
+    def _apply_catalog(self, event: object, at: datetime) -> None:
         published = ImageVersionPublished | GalleryImageVersionPublished
         again = isinstance(event, published) and self.catalog.has(event)  # first one counts
-        self.catalog.apply(event)
+        self.catalog.apply(event, at)  # when it became available times the rollouts
         profile = getattr(event, "simulation", None)
         if again or not isinstance(profile, SimulationProfile):
             return
@@ -511,11 +516,12 @@ class Engine:
 
     async def _append_catalog(self, stream: str, event: object, expected: int | None) -> None:
         async with self.clock.participant():
+            now = self.clock.now()
             new = DOMAIN_EVENTS.to_new_event(
-                event, metadata=Metadata(actor="Platform"), occurred_at=self.clock.now()
+                event, metadata=Metadata(actor="Platform"), occurred_at=now
             )
             await self.store.append(stream, [new], expected)
-            self._apply_catalog(event)
+            self._apply_catalog(event, now)
             for worker in self._workers.values():
                 worker.nudge()
 
@@ -623,12 +629,7 @@ class Engine:
             spec = worker.state.spec
             assert spec is not None
             latest = self.catalog.latest(spec.image, spec.location)
-            newest = max(worker.state.instance_versions.values(), key=version_key)
-            target = (
-                latest
-                if latest is not None and version_key(latest) > version_key(newest)
-                else newest
-            )
+            target = manual_target(worker.state, latest)
             return await worker.begin_upgrade(StartedBy.USER, target)
 
         return str(await self._submit(scale_set_key(subscription, resource_group, name), start))

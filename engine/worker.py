@@ -383,8 +383,14 @@ class ScaleSetWorker:
         spec = self.state.spec
         if spec is None:
             return False
-        latest = self.ctx.catalog.latest(spec.image, spec.location)
-        timer = schedule_automatic(self.state, latest, self.ctx.clock.now(), self.ctx.settings)
+        catalog = self.ctx.catalog
+        latest = catalog.latest(spec.image, spec.location)
+        available = (
+            None if latest is None else catalog.available_at(spec.image, spec.location, latest)
+        )
+        timer = schedule_automatic(
+            self.state, latest, self.ctx.clock.now(), self.ctx.settings, available
+        )
         if timer is None:
             return False
         await self.append_set(timer)

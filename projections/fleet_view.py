@@ -117,7 +117,11 @@ class FleetView:
         """The views behind ``history`` (the HTTP API pages through them by upgrade id)."""
         since = months_before(now, 2)
         views = [self.upgrades[u] for u in self._upgrade_ids(key) if u in self.upgrades]
-        recent = [v for v in views if v.start_time is not None and since <= v.start_time <= now]
+        # Newest first: by start time, and by log position for equal start times (views
+        # are in the order their upgrades started; the sort is stable).
+        recent = [
+            v for v in reversed(views) if v.start_time is not None and since <= v.start_time <= now
+        ]
         recent.sort(key=lambda v: v.start_time or now, reverse=True)
         return recent[:HISTORY_LIMIT]
 

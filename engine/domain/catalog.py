@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from engine.domain.events import (
     GalleryImageVersionPublished,
@@ -31,9 +32,12 @@ class Catalog:
         default_factory=dict
     )
     gallery: dict[str, dict[str, GalleryVersion]] = field(default_factory=dict)
+    available: dict[tuple[str, ...], datetime] = field(default_factory=dict)
+    """When each version became available in a location: (location, image..., version)."""
 
-    def apply(self, event: object) -> None:
-        """Fold one catalog event, keyed by the canonical version.
+    def apply(self, event: object, at: datetime | None = None) -> None:
+        """Fold one catalog event, recorded at engine time ``at``, keyed by the canonical
+        version.
 
         A version is published once: a later publish of the same version (which older
         logs may hold, or an engine following the log sees after its own) changes
@@ -46,21 +50,40 @@ class Catalog:
                 event.offer.lower(),
                 event.sku.lower(),
             )
-            platform = self.platform.setdefault(key, {})
-            platform.setdefault(canonical_version(event.version), event.simulation)
+            version = canonical_version(event.version)
+            self.platform.setdefault(key, {}).setdefault(version, event.simulation)
+            self._available_from(at, *key, version)
         elif isinstance(event, GalleryImageVersionPublished):
-            versions = self.gallery.setdefault(fold(event.image_id), {})
-            versions.setdefault(
-                canonical_version(event.version),
+            image_id, version = fold(event.image_id), canonical_version(event.version)
+            self.gallery.setdefault(image_id, {}).setdefault(
+                version,
                 GalleryVersion(
                     {r.lower() for r in event.regions}, event.exclude_from_latest, event.simulation
                 ),
             )
+            for region in event.regions:
+                self._available_from(at, region.lower(), image_id, version)
         elif isinstance(event, GalleryImageVersionReplicated):
-            gallery = self.gallery.get(fold(event.image_id), {})
-            found = gallery.get(canonical_version(event.version))
+            image_id, version = fold(event.image_id), canonical_version(event.version)
+            found = self.gallery.get(image_id, {}).get(version)
             if found is not None:
                 found.regions.add(event.region.lower())
+                self._available_from(at, event.region.lower(), image_id, version)
+
+    def _available_from(self, at: datetime | None, *key: str) -> None:
+        if at is not None:
+            self.available.setdefault(key, at)  # the first time counts
+
+    def available_at(self, image: ImageReference, location: str, version: str) -> datetime | None:
+        """When ``version`` of ``image`` became available in ``location`` (None: unknown).
+
+        Later automatic rollouts are timed from this moment (SPEC 2.1.1).
+        """
+        version = canonical_version(version)
+        if image.is_gallery:
+            assert image.id is not None
+            return self.available.get((location.lower(), fold(image.id), version))
+        return self.available.get((location.lower(), *image.family, version))
 
     def has(self, event: ImageVersionPublished | GalleryImageVersionPublished) -> bool:
         """True if the version ``event`` publishes is already in the catalog."""

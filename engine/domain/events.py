@@ -126,12 +126,17 @@ class LeaseAcquired:
 @register("scaleset.automatic_upgrade_scheduled")
 @dataclass(frozen=True)
 class AutomaticUpgradeScheduled:
-    """A durable timer: start a Platform upgrade to ``target_version`` at ``due_at``."""
+    """A durable timer: start a Platform upgrade to ``target_version`` at ``due_at``.
+
+    ``due_at`` is ``counted_from + delay_s``, or the moment the set was free to start
+    if that had passed (a rollout was running).
+    """
 
     target_version: str
     due_at: datetime
-    reason: str  # "first rollout after enabling" or "new version available"
+    reason: str  # "first rollout after enabling", "new version available", "newer ..."
     delay_s: int
+    counted_from: datetime | None = None  # the version's availability or the enabling
 
 
 @register("scaleset.upgrade_started")
@@ -286,6 +291,9 @@ class BatchCompleted:
     processed_total: int
     failed_total: int
     limit_percent: int
+    # upgraded earlier, Healthy after their wait, not Healthy now: counted against the
+    # limit with failed_total (not folded into it: they may recover)
+    unhealthy_after_upgrade: tuple[str, ...] = ()
 
 
 @register("upgrade.pause_started")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from engine.domain.events import (
@@ -67,49 +67,65 @@ class ScaleSetState:
         """Fold one event recorded at engine time ``at``."""
         self.version += 1
         if isinstance(event, ScaleSetCreated):
-            self.spec = event.spec
-            self.instance_versions = dict(event.instance_versions)
-            self.deleted = False
-            self.created_at, self.model_generation = at, 1
-            self.unique_id = unique_id_for(event.spec.key, self.version)
-            self.instances_created = dict.fromkeys(event.instance_versions, at)
-            if _automatic(event.spec):
-                self.automatic_configured_at = at
+            self._created(event, at)
         elif isinstance(event, ScaleSetModelUpdated):
-            self.model_generation += event.spec != self.spec  # a PUT of the same model: same etag
-            self.spec = event.spec
-            self.instance_versions = dict(event.instance_versions)
-            created = self.instances_created
-            self.instances_created = {i: created.get(i, at) for i in event.instance_versions}
-            if event.automatic_newly_enabled:
-                self.automatic_configured_at = at
-                self.platform_upgrades = 0
-            if not _automatic(event.spec):
-                self.automatic_configured_at = None
-                self.scheduled = None
+            self._model_updated(event, at)
         elif isinstance(event, ScaleSetDeleted):
             self.deleted = True
         elif isinstance(event, AutomaticUpgradeScheduled):
             self.scheduled = event
         elif isinstance(event, ScaleSetUpgradeStarted):
-            self.active_upgrade = event
-            self.upgrades.append(event.upgrade_id)
-            if event.started_by == StartedBy.PLATFORM:
-                self.platform_upgrades += 1
-                self.scheduled = None
+            self._upgrade_started(event)
         elif isinstance(event, ScaleSetUpgradeFinished):
-            active = self.active_upgrade
-            if active is not None and active.started_by == StartedBy.PLATFORM:
-                target = active.target_version
-                reached = event.status == "Completed" and all(
-                    v == target for v in event.instance_versions.values()
-                )
-                self.not_retried = None if reached else target
-            self.active_upgrade = None
-            self.instance_versions = dict(event.instance_versions)
-            self.left_failed = event.left_failed
+            self._upgrade_finished(event)
         elif isinstance(event, ReimageRequested | ReimageFinished):
             self.instance_versions.update(self.reimages.apply(event, at))
+
+    def _created(self, event: ScaleSetCreated, at: datetime) -> None:
+        self.spec = event.spec
+        self.instance_versions = dict(event.instance_versions)
+        self.deleted = False
+        self.created_at, self.model_generation = at, 1
+        self.unique_id = unique_id_for(event.spec.key, self.version)
+        self.instances_created = dict.fromkeys(event.instance_versions, at)
+        if _automatic(event.spec):
+            self.automatic_configured_at = at
+
+    def _model_updated(self, event: ScaleSetModelUpdated, at: datetime) -> None:
+        self.model_generation += event.spec != self.spec  # a PUT of the same model: same etag
+        self.spec = event.spec
+        self.instance_versions = dict(event.instance_versions)
+        created = self.instances_created
+        self.instances_created = {i: created.get(i, at) for i in event.instance_versions}
+        if event.automatic_newly_enabled:
+            self.automatic_configured_at = at
+            self.platform_upgrades = 0
+        if not _automatic(event.spec):
+            self.automatic_configured_at = None
+            self.scheduled = None
+
+    def _upgrade_started(self, event: ScaleSetUpgradeStarted) -> None:
+        self.active_upgrade = event
+        self.upgrades.append(event.upgrade_id)
+        if event.started_by == StartedBy.PLATFORM:
+            self.platform_upgrades += 1
+            self.scheduled = None
+        elif self.scheduled is not None and version_key(event.target_version) >= version_key(
+            self.scheduled.target_version
+        ):
+            self.scheduled = None  # a manual upgrade does what the timer would have done
+
+    def _upgrade_finished(self, event: ScaleSetUpgradeFinished) -> None:
+        active = self.active_upgrade
+        if active is not None and active.started_by == StartedBy.PLATFORM:
+            target = active.target_version
+            reached = event.status == "Completed" and all(
+                v == target for v in event.instance_versions.values()
+            )
+            self.not_retried = None if reached else target
+        self.active_upgrade = None
+        self.instance_versions = dict(event.instance_versions)
+        self.left_failed = event.left_failed
 
 
 def _automatic(spec: ScaleSetSpec) -> bool:
@@ -125,9 +141,21 @@ def jitter(key: str, version: str, span_s: int) -> int:
 
 
 def schedule_automatic(
-    state: ScaleSetState, latest: str | None, now: datetime, settings: EngineSettings
+    state: ScaleSetState,
+    latest: str | None,
+    now: datetime,
+    settings: EngineSettings,
+    available_at: datetime | None = None,
 ) -> AutomaticUpgradeScheduled | None:
-    """Schedule a Platform upgrade when a newer version is available (SPEC 2.1.1)."""
+    """Schedule a Platform upgrade when a newer version is available (SPEC 2.1.1).
+
+    The delay is counted from when ``latest`` became available here (``available_at``,
+    from the catalog's log; ``now`` if unknown), not from when the set was free to look
+    at it: a version published while a rollout runs is due 30-60 minutes after its
+    publication, and starts as soon as that rollout ends if the window has passed. The
+    first rollout after enabling gets the set's one-time spread of up to 3 hours,
+    counted from the enabling or, for a version that comes later, from its publication.
+    """
     spec = state.spec
     if spec is None or state.deleted or state.automatic_configured_at is None or latest is None:
         return None
@@ -138,23 +166,40 @@ def schedule_automatic(
         return None
     if state.not_retried is not None and version_key(latest) <= version_key(state.not_retried):
         return None  # a failed automatic rollout is not retried; a newer version is
-    if state.scheduled is not None and version_key(state.scheduled.target_version) >= version_key(
-        latest
-    ):
+    scheduled = state.scheduled
+    if scheduled is not None and version_key(scheduled.target_version) >= latest_key:
         return None
-    if state.scheduled is not None:  # a newer version: keep the earlier due time
-        return AutomaticUpgradeScheduled(
-            latest, state.scheduled.due_at, "newer version available", state.scheduled.delay_s
-        )
+    if scheduled is not None:  # a newer version: keep the time already chosen
+        return replace(scheduled, target_version=latest, reason="newer version available")
+    since = available_at if available_at is not None else now
     if state.platform_upgrades == 0:
-        delay = jitter(spec.key, "first", settings.first_rollout_max_delay_s)
-        due = max(now, state.automatic_configured_at + timedelta(seconds=delay))
-        return AutomaticUpgradeScheduled(latest, due, "first rollout after enabling", delay)
-    span = settings.new_version_max_delay_s - settings.new_version_min_delay_s
-    delay = settings.new_version_min_delay_s + jitter(spec.key, latest, span)
-    return AutomaticUpgradeScheduled(
-        latest, now + timedelta(seconds=delay), "new version available", delay
-    )
+        delay = first_rollout_delay(spec.key, settings)
+        base = max(state.automatic_configured_at, since)
+        reason = "first rollout after enabling"
+    else:
+        span = settings.new_version_max_delay_s - settings.new_version_min_delay_s
+        delay = settings.new_version_min_delay_s + jitter(spec.key, latest, span)
+        base, reason = since, "new version available"
+    due = max(now, base + timedelta(seconds=delay))
+    return AutomaticUpgradeScheduled(latest, due, reason, delay, base)
+
+
+def first_rollout_delay(key: str, settings: EngineSettings) -> int:
+    """The set's one-time spread of its first rollout: fixed by the set, so load spreads
+    over the 3 hours and a replay (or a restarted engine) chooses the same."""
+    return jitter(key, "first", settings.first_rollout_max_delay_s)
+
+
+def manual_target(state: ScaleSetState, latest: str | None) -> str:
+    """The version a manual upgrade moves every instance to (SPEC 2.1.2).
+
+    The latest available one, or the newest an instance runs if the catalog has nothing
+    newer. An empty set (capacity 0) has no instance to go by: the catalog's latest, or
+    the model's own version.
+    """
+    assert state.spec is not None
+    known = [v for v in (latest, *state.instance_versions.values()) if v is not None]
+    return max(known, key=version_key) if known else state.spec.image.version
 
 
 def upgrade_id_for(state: ScaleSetState) -> str:

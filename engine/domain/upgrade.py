@@ -135,12 +135,20 @@ class UpgradeState:
         return effects
 
     def health_needed(self) -> tuple[str, ...]:
-        """Which instances' health the next decision needs."""
+        """Which instances' health the next decision needs.
+
+        Between batches, the whole set; during a health wait, the waiting instances;
+        when the batch is about to complete, every instance this upgrade has upgraded
+        (one that went down after its wait still counts against the threshold).
+        """
         if self.finished or self.request is None:
             return ()
         if not self.prechecked or self.batch_done:
             return tuple(self.request.instance_versions)  # the whole set
-        return tuple(i for i in self.batch if self.instances[i].phase == Phase.WAITING)
+        waiting = tuple(i for i in self.batch if self.instances[i].phase == Phase.WAITING)
+        if waiting:
+            return waiting
+        return tuple(i for i, p in self.instances.items() if p.phase == Phase.HEALTHY)
 
 
 # -- folding ------------------------------------------------------------------------
@@ -252,14 +260,22 @@ def _cancel_requested(state: UpgradeState, event: CancelRequested, at: datetime)
     state.last_action_time = at
 
 
-def _end(status: UpgradeStatus) -> Callable[[UpgradeState, Any, datetime], None]:
-    def end(state: UpgradeState, event: object, at: datetime) -> None:
-        state.status = status
-        state.ended_at = at
-        if isinstance(event, UpgradeFaulted):
-            state.error = event
+def _end(
+    state: UpgradeState, event: UpgradeCancelled | UpgradeCompleted | UpgradeFaulted, at: datetime
+) -> None:
+    # A plain function, not a closure made when the module loads: a fold the mutation
+    # tester can reach (it swaps functions when they are called, not when they are made).
+    state.status = _END_STATUS[type(event)]
+    state.ended_at = at
+    if isinstance(event, UpgradeFaulted):
+        state.error = event
 
-    return end
+
+_END_STATUS = {
+    UpgradeCancelled: UpgradeStatus.CANCELLED,
+    UpgradeCompleted: UpgradeStatus.COMPLETED,
+    UpgradeFaulted: UpgradeStatus.FAULTED,
+}
 
 
 _FOLD: dict[type, Callable[[UpgradeState, Any, datetime], None]] = {
@@ -280,9 +296,9 @@ _FOLD: dict[type, Callable[[UpgradeState, Any, datetime], None]] = {
     PauseStarted: _pause,
     InstancesApproved: _approved,
     CancelRequested: _cancel_requested,
-    UpgradeCancelled: _end(UpgradeStatus.CANCELLED),
-    UpgradeCompleted: _end(UpgradeStatus.COMPLETED),
-    UpgradeFaulted: _end(UpgradeStatus.FAULTED),
+    UpgradeCancelled: _end,
+    UpgradeCompleted: _end,
+    UpgradeFaulted: _end,
 }
 
 
@@ -364,15 +380,17 @@ def _between_batches(state: UpgradeState, health: Mapping[str, Health], now: dat
     if not pending:
         succeeded = sum(1 for p in state.instances.values() if p.phase == Phase.HEALTHY)
         return Decision((UpgradeCompleted(succeeded, state.failed),))
-    total = len(request.instance_versions)
-    unhealthy = unhealthy_count(health)
-    limit = request.policy.max_unhealthy_instance_percent
-    if state.batches_started > 0 and exceeds(unhealthy, total, limit):
-        return Decision((_fault(DURING, unhealthy, total, limit, "of the scale set's instances"),))
     if request.deferral:
         pending = [i for i in pending if i in state.approved]
         if not pending:
             return Decision()  # wait for approveRollingUpgrade
+    # Right before every batch, the first included (approvals may come long after the
+    # pre-check), the whole set is checked again (SPEC 2.2.6).
+    total = len(request.instance_versions)
+    unhealthy = unhealthy_count(health)
+    limit = request.policy.max_unhealthy_instance_percent
+    if exceeds(unhealthy, total, limit):
+        return Decision((_fault(DURING, unhealthy, total, limit, "of the scale set's instances"),))
     members, size, reason = plan_batch(state, pending, health)
     started = BatchStarted(state.batches_started, members, size, reason, unhealthy, total)
     intents = [
@@ -421,7 +439,7 @@ def _within_batch(
     if rollbacks:
         events = [InstanceRollbackStarted(i, request.instance_versions[i]) for i in rollbacks]
         return Decision(tuple(events))
-    return _complete_batch(state, now)
+    return _complete_batch(state, health, now)
 
 
 def _health_step(
@@ -527,16 +545,23 @@ def _between_probes(state: UpgradeState, now: datetime) -> datetime | None:
     return nxt
 
 
-def _complete_batch(state: UpgradeState, now: datetime) -> Decision:
+def _complete_batch(state: UpgradeState, health: Mapping[str, Health], now: datetime) -> Decision:
     request = state.request
     assert request is not None
     succeeded = tuple(i for i in state.batch if state.instances[i].phase == Phase.HEALTHY)
     failed = tuple(i for i in state.batch if state.instances[i].phase in FAILED_PHASES)
     processed = state.processed + len(state.batch)
     failed_total = state.failed + len(failed)
+    # Upgraded instances that passed their wait but are not Healthy now count as failed
+    # for the threshold, as long as the upgrade runs (SPEC 2.2.5).
+    down = tuple(
+        i
+        for i, p in state.instances.items()
+        if p.phase == Phase.HEALTHY and health.get(i, Health.UNKNOWN) != Health.HEALTHY
+    )
     limit = request.policy.max_unhealthy_upgraded_instance_percent
     done = BatchCompleted(
-        state.batches_started - 1, succeeded, failed, processed, failed_total, limit
+        state.batches_started - 1, succeeded, failed, processed, failed_total, limit, down
     )
     if state.cancel_requested:  # SPEC 2.2.8: the running batch finishes, then Cancelled
         return Decision((done,))
@@ -547,8 +572,9 @@ def _complete_batch(state: UpgradeState, now: datetime) -> Decision:
         )
         fault = UpgradeFaulted(EXTENSIONS, message, state.extension_failures, len(state.batch), 0)
         return Decision((done, fault))
-    if exceeds(failed_total, processed, limit):
-        fault = _fault(UPGRADED, failed_total, processed, limit, "of the upgraded instances")
+    unhealthy = failed_total + len(down)
+    if exceeds(unhealthy, processed, limit):
+        fault = _fault(UPGRADED, unhealthy, processed, limit, "of the upgraded instances")
         return Decision((done, fault))
     pause = request.policy.pause_time_between_batches_s
     pending = any(p.phase == Phase.PENDING for p in state.instances.values())

@@ -9,7 +9,9 @@ import pytest
 
 from engine.domain.events import (
     BatchStarted,
+    HealthWaitStarted,
     InstanceHealthTimeout,
+    InstanceReimaged,
     InstanceRolledBack,
     UpgradeFaulted,
     UpgradeRequested,
@@ -209,6 +211,9 @@ async def test_unhealthy_instances_go_first_when_prioritised() -> None:
         await w.publish("1.1.0", boot_seconds=0)
         await run_upgrade(w, "u")
         assert (await batches(w))[0] == ("7", "9")
+        (first, *_) = [e for _, e in await w.events("upgrade-") if isinstance(e, BatchStarted)]
+        assert first.reason == "next 2 of 10 pending instances, unhealthy first"
+        assert (first.batch_size, first.unhealthy, first.total) == (2, 2, 10)
 
 
 async def test_service_fabric_goes_update_domain_by_update_domain() -> None:
@@ -242,15 +247,39 @@ async def test_zones_go_one_at_a_time_unless_cross_zone() -> None:
         assert any(
             len({int(i) % 3 for i in b.members}) > 1 for b in events if "zone" not in b.reason
         )
+        # zone "1" holds instances 0, 3, 6, 9 (and goes first): two batches of 2
+        assert [(b.members, b.reason) for b in events if "zone" in b.reason][:2] == [
+            (("0", "3"), "next 2 of 12 pending instances, zone 1"),
+            (("6", "9"), "next 2 of 10 pending instances, zone 1"),
+        ]
 
 
 async def test_data_disks_are_kept_and_extensions_provisioned_again() -> None:
     disks = (DataDisk(0, 128), DataDisk(1, 512))
+    app = Extension("app", credential_expires_at=T0 + timedelta(hours=4))
     async with world() as w:
-        await w.create(spec("d", 5, data_disks=disks, extensions=(Extension("monitor"),)))
+        await w.create(spec("d", 5, data_disks=disks, extensions=(Extension("monitor"), app)))
         await w.publish("1.1.0")
-        upgrade = await run_upgrade(w, "d")
-        assert upgrade.status == UpgradeStatus.COMPLETED
+        first = await run_upgrade(w, "d")
+        assert first.status == UpgradeStatus.COMPLETED
+        assert w.clock.now() < T0 + timedelta(hours=4)  # every credential still valid
+        assert all(w.fleet.instance(key("d"), str(i)).data_disks == disks for i in range(5))
+        await w.clock.advance((T0 + timedelta(hours=5) - w.clock.now()).total_seconds())
+        await w.publish("1.2.0")  # app's credential has expired since the last reimage
+        await w.clock.advance(2 * 3600)
+        second = await w.engine.wait_for_upgrade(
+            SUB, RG, "d", w.engine.scale_set(SUB, RG, "d").state.upgrades[1]
+        )
+        reimaged = [
+            (e.instance_id, e.version, e.failed_extensions)
+            for _, e in await w.events("upgrade-")
+            if isinstance(e, InstanceReimaged)
+        ]
+        # every reimage provisions the model's extensions again: the first five found
+        # them all valid, the next one found app's credential expired (monitor is fine)
+        assert reimaged == [(str(i), "1.1.0", ()) for i in range(5)] + [("0", "1.2.0", ("app",))]
+        assert second.status == UpgradeStatus.FAULTED
+        assert second.error.code == EXTENSIONS
         assert all(w.fleet.instance(key("d"), str(i)).data_disks == disks for i in range(5))
 
 
@@ -301,14 +330,32 @@ async def test_failed_instances_are_rolled_back_unless_disabled() -> None:
 
 
 async def test_without_a_health_source_healthy_means_extensions_provisioned() -> None:
+    expired = Extension("app", credential_expires_at=T0 - timedelta(days=1))
     async with world() as w:
         await w.create(spec("plain", 5, automatic=False, probe=False))
+        await w.create(spec("broken", 5, automatic=False, probe=False, extensions=(expired,)))
         await w.publish("1.1.0", unhealthy_instance_percent=100)  # the signal is not consulted
         upgrade = await w.engine.wait_for_upgrade(
             SUB, RG, "plain", await w.engine.start_os_upgrade(SUB, RG, "plain")
         )
         assert upgrade.status == UpgradeStatus.COMPLETED
         assert not any(isinstance(e, InstanceHealthTimeout) for _, e in await w.events("upgrade-"))
+        # running is not enough: an extension that failed to provision makes it unhealthy
+        broken = await w.engine.wait_for_upgrade(
+            SUB, RG, "broken", await w.engine.start_os_upgrade(SUB, RG, "broken")
+        )
+        assert broken.status == UpgradeStatus.FAULTED
+        assert broken.error.code == EXTENSIONS
+        assert broken.instances["0"].phase == "failed"
+        plain_and_broken = [e for _, e in await w.events("upgrade-")]
+        assert not any(isinstance(e, HealthWaitStarted) for e in plain_and_broken)
+        (timeout,) = [e for e in plain_and_broken if isinstance(e, InstanceHealthTimeout)]
+        assert (timeout.instance_id, timeout.last_health, timeout.waited_s) == (
+            "0",
+            Health.UNHEALTHY,
+            0,
+        )
+        assert [i for i, p in broken.instances.items() if p.phase == "healthy"] == []
 
 
 @pytest.mark.parametrize(
@@ -420,6 +467,12 @@ async def test_expired_credentials_fault_the_first_batch_and_a_redeploy_fixes_al
         upgrade = await run_upgrade(w, "x")
         assert upgrade.status == UpgradeStatus.FAULTED
         assert upgrade.error.code == EXTENSIONS
+        error = upgrade.error
+        assert (error.numerator, error.denominator, error.limit_percent) == (2, 2, 0)
+        assert error.message == (
+            "2 instance(s) failed to provision extensions after the upgrade (an extension's "
+            "credential may have expired); they are left failed."
+        )
         failed = [i for i, p in upgrade.instances.items() if p.phase == "failed"]
         assert sorted(failed) == ["0", "1"]  # the first batch, left failed (no rollback)
         fresh = Extension("app", credential_expires_at=T0 + timedelta(days=365))

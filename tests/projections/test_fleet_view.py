@@ -86,14 +86,15 @@ async def test_history_keeps_five_newest_first_within_two_months() -> None:
         times = [
             datetime.fromisoformat(h["properties"]["runningStatus"]["startTime"]) for h in history
         ]
-        expected = sorted((s for s in starts if s >= months_before(now, 2)), reverse=True)[:5]
-        assert times == expected
-        assert len(times) < 5  # the two-month window, not the count, limits it here
-        assert all(t >= now - timedelta(days=62) for t in times)
-        wide = (await fleet_as_of(w.store, time=starts[5] + timedelta(seconds=1))).history(
-            KEY, starts[5] + timedelta(seconds=1)
-        )
-        assert len(wide) <= 5
+        # now is 147 days after the first start: 21 days after the last one, 42 after the
+        # one before; the one 63 days back is outside the two calendar months (61 days)
+        assert now - starts[4] > timedelta(days=62) > now - starts[5]
+        assert times == [starts[6], starts[5]]  # the window, not the count, limits it here
+        then = starts[5] + timedelta(seconds=1)  # as of just after the sixth one started
+        wide = (await fleet_as_of(w.store, time=then)).history(KEY, then)
+        assert [
+            datetime.fromisoformat(h["properties"]["runningStatus"]["startTime"]) for h in wide
+        ] == [starts[5], starts[4], starts[3]]
 
 
 async def test_as_of_positions_match_the_view_as_it_was() -> None:
@@ -115,8 +116,16 @@ async def test_as_of_positions_match_the_view_as_it_was() -> None:
         for position, expected in captured.items():
             past = await fleet_as_of(w.store, position=position)
             assert (past.latest(KEY), past.latest(f"{SUB}/{RG}/api")) == expected
-        as_of_time = await fleet_as_of(w.store, time=log[len(log) // 2].occurred_at)
-        assert as_of_time.position <= log[-1].position
+        middle = log[len(log) // 2].occurred_at
+        as_of_time = await fleet_as_of(w.store, time=middle)
+        then = [e for e in log if e.occurred_at <= middle]
+        assert len(then) < len(log)  # a moment in the middle of the rollouts
+        assert as_of_time.position == then[-1].position
+        past = FleetView()
+        for event in then:
+            past.apply(event)
+        assert as_of_time.latest(KEY) == past.latest(KEY)
+        assert as_of_time.latest(KEY) != live.latest(KEY)
 
 
 async def test_history_keeps_at_most_five() -> None:
