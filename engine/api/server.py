@@ -85,7 +85,7 @@ class ApiServer:
             # the process: keep it out of the collector's full passes, which otherwise
             # stall every request for tens of milliseconds on a large fleet.
             gc.freeze()
-            sock = _bind(settings.host, settings.port)
+            sock = bind_listener(settings.host, settings.port)
             scheme = "https" if settings.tls_cert else "http"
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
@@ -142,7 +142,7 @@ def _reachable(url: str, host: str) -> str:
     return url
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     """Bind and listen before serving, so the real port (for ``--port 0``) is known."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 from collections.abc import Callable
 
@@ -17,6 +16,9 @@ import structlog
 import uvicorn
 
 from engine.api.auth import Token, generate_token, parse_token
+from engine.api.limits import WireLimits
+from engine.api.protocol import protocol_for
+from engine.api.server import bind_listener
 from engine.log_source import describe, open_log
 from engine.ui.app import Dashboard, dashboard_app
 from engine.ui.timeline import Timeline
@@ -94,29 +96,20 @@ async def serve_ui(
         timeline = Timeline(store)
         await timeline.start()
         log.info("log folded", head=timeline.head, snapshots=timeline.snapshot_count)
-        sock = _bind(host, port)
+        sock = bind_listener(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         app = dashboard_app(Dashboard(store, timeline), tokens)
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", server_header=False
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            http=protocol_for(WireLimits()),  # the same limits on the wire as serve's
         )
         ready(f"http://{shown}:{bound_port}")
         try:
             await uvicorn.Server(config).serve(sockets=[sock])
         finally:
             await timeline.stop()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Listen before serving, so the real port of ``--port 0`` can be printed."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(128)
-    return sock
