@@ -20,6 +20,7 @@ from engine.engine import (
     CommandConflictError,
     NotOwnedHereError,
     ScaleSetNotFoundError,
+    WorkerCrashedError,
     WorkerRestartingError,
 )
 from engine.worker import WorkerGoneError
@@ -94,6 +95,9 @@ _REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int, str],
     # several servers share the log: the client asks again (the owner, once one is live)
     ((OperationNotAllowedError, NotOwnedHereError), 409, "OperationNotAllowed"),
     ((CommandConflictError, WorkerGoneError), 409, "Conflict"),  # raced a change: retry
+    # The set's worker stopped on a bug (logged when it happened): the command was not
+    # carried out, and a restart of the server starts the worker again from the log.
+    (WorkerCrashedError, 409, "Conflict"),
 )
 
 

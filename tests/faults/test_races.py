@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from engine.api.errors import from_domain
 from engine.domain.events import (
     DOMAIN_EVENTS,
     LeaseAcquired,
@@ -234,8 +235,11 @@ async def test_commands_queued_on_a_worker_that_crashes_get_409_not_a_hang() -> 
     answers: list[BaseException | None] = []
     with pytest.raises(WorkerCrashedError):  # the engine reports the crash when it stops
         await _crash_with_commands_queued(answers)
-    assert len(answers) == 3, "a command queued on a crashed worker was never answered"
-    assert all(isinstance(a, CommandConflictError) for a in answers), answers
+    assert len(answers) == 4, "a command queued on a crashed worker was never answered"
+    assert all(isinstance(a, CommandConflictError) for a in answers[:3]), answers
+    # one sent after the crash: refused as a conflict too, never a 500
+    later = from_domain(answers[3]) if isinstance(answers[3], Exception) else None
+    assert later is not None and (later.status, later.code) == (409, "Conflict"), answers[3]
 
 
 async def _crash_with_commands_queued(answers: list[BaseException | None]) -> None:
@@ -248,6 +252,12 @@ async def _crash_with_commands_queued(answers: list[BaseException | None]) -> No
         gate.release.set()
         done, _ = await asyncio.wait(queued, timeout=DEADLINE_S)
         answers += [task.exception() for task in done]
+        try:
+            await w.engine.cancel_upgrade(SUB, RG, "web")
+        except Exception as exc:
+            answers.append(exc)
+        else:
+            answers.append(None)
         await asyncio.wait_for(w.clock.advance(60), DEADLINE_S)
 
 
