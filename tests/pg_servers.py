@@ -11,7 +11,8 @@ secret; every server started here gets ``CLUSTER_SECRET`` through the environmen
 from __future__ import annotations
 
 import asyncio
-from asyncio.subprocess import Process
+import sys
+from asyncio.subprocess import PIPE, Process
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,9 +20,14 @@ from pathlib import Path
 
 import asyncpg
 
+from engine.clock import EngineClock as Clock
+from engine.domain.scale_set import EngineSettings
+from engine.engine import Engine
+from engine.leases import Ownership
 from engine.pg_leases import PostgresLeaseBoard
+from engine.simulated_fleet import SimulatedFleet
 from events import PostgresEventStore, RecordedEvent
-from tests.servers import start_serve, stop_serve
+from tests.servers import ROOT, start_serve, stop_serve
 
 CLUSTER_SECRET = "cluster-secret-of-the-tests-" + "5" * 36
 SPEED = 300.0
@@ -115,3 +121,23 @@ async def wait_for_events(store: PostgresEventStore, kind: str, enough: int) -> 
         if len(seen) >= enough:
             return list(seen.values())
     raise AssertionError("the subscription ended")
+
+
+def admin_engine(store: PostgresEventStore, board: PostgresLeaseBoard, clock: Clock) -> Engine:
+    """An engine on the shared log that takes the test's calls and drives no scale set."""
+    return Engine(
+        store=store, fleet=SimulatedFleet(clock), clock=clock,
+        settings=EngineSettings(first_rollout_max_delay_s=0),
+        ownership=Ownership(board, "admin", renew_s=RENEW, claim=False),
+    )  # fmt: skip
+
+
+async def audit_fences_cli(dsn: str, schema: str) -> str:
+    """``osupgrade audit fences`` on the log; its verdict (it must exit 0)."""
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "audit", "fences", "--db", dsn,
+        "--pg-schema", schema, cwd=ROOT, stdout=PIPE,
+    )  # fmt: skip
+    verdict = (await cli.communicate())[0].decode()
+    assert cli.returncode == 0, verdict
+    return verdict

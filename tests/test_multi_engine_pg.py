@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import uuid
-from asyncio.subprocess import PIPE
 from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -24,12 +22,8 @@ import httpx
 
 from engine.api.service import leases_schema
 from engine.domain.events import SimulationProfile
-from engine.domain.scale_set import EngineSettings
-from engine.engine import Engine
 from engine.fence_audit import audit_fences
-from engine.leases import Ownership
 from engine.pg_leases import PostgresLeaseBoard
-from engine.simulated_fleet import SimulatedFleet
 from events import PostgresEventStore, RecordedEvent
 from tests.api.live import API
 from tests.backends import pg_dsn
@@ -38,13 +32,14 @@ from tests.pg_servers import (
     RENEW,
     SPEED,
     TTL,
+    admin_engine,
+    audit_fences_cli,
     drop,
     engine_process,
     mid_rollout,
     spread,
     wait_for_events,
 )
-from tests.servers import ROOT
 
 SETS = 200
 
@@ -106,12 +101,7 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
             store = await stack.enter_async_context(
                 PostgresEventStore(dsn, schema=schema, clock=clock)
             )
-            admin = Engine(  # takes the test's calls, drives no scale set
-                store=store, fleet=SimulatedFleet(clock), clock=clock,
-                settings=EngineSettings(first_rollout_max_delay_s=0),
-                ownership=Ownership(board, "admin", renew_s=RENEW, claim=False),
-            )  # fmt: skip
-            await stack.enter_async_context(admin)
+            admin = await stack.enter_async_context(admin_engine(store, board, clock))
             await admin.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
             for n in range(SETS):
                 await admin.create_or_update_scale_set(spec(f"set{n:03}", 10))
@@ -140,12 +130,8 @@ async def test_three_engines_one_killed_every_upgrade_completes_once(tmp_path: P
                 finished = await wait_for_events(store, "scaleset.upgrade_finished", SETS)
                 taken = await takeovers(store, kill_position, victim_sets)
             records = await store.read_all(limit=10_000_000)
-            cli = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "engine.cli", "audit", "fences", "--db", dsn,
-                "--pg-schema", schema, cwd=ROOT, stdout=PIPE,
-            )  # fmt: skip
-            verdict = (await cli.communicate())[0].decode()
-            assert cli.returncode == 0 and "no scale set was driven by two engines" in verdict
+            verdict = await audit_fences_cli(dsn, schema)
+            assert "no scale set was driven by two engines" in verdict
             survivor, url = next((p, url) for p, url in servers if p is not victim)
             await any_server_serves_every_set(url, survivor.pid, await board.owners(), store)
     finally:

@@ -17,7 +17,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -33,7 +32,7 @@ from tests.api.errors_bodies import valid_bodies
 from tests.api.live import API, TOKEN, LiveServer, image_path, live_server, vmss_path
 from tests.backends import pg_dsn
 from tests.engine.harness import LOCATION, T0, UBUNTU
-from tests.pg_servers import CLUSTER_SECRET
+from tests.pg_servers import CLUSTER_SECRET, drop
 
 DEADLINE_S = 30.0
 Q = {"api-version": API}
@@ -146,21 +145,12 @@ def _servers(tmp_path: Path, dsn: str, schema: str, stack: ExitStack) -> list[Li
     return servers
 
 
-async def _drop(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for name in (schema, leases_schema(schema)):
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def pg_schema() -> Iterator[tuple[str, str]]:
     dsn = pg_dsn()
     schema = f"races_{uuid.uuid4().hex[:12]}"
     yield dsn, schema
-    asyncio.run(_drop(dsn, schema))
+    asyncio.run(drop(dsn, schema, leases_schema(schema)))
 
 
 def test_two_servers_on_one_postgresql_log_create_each_set_and_version_once(

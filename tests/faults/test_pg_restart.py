@@ -11,9 +11,7 @@ reads catch up with the log, the fence audit is clean and every server exits 0.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from asyncio.subprocess import PIPE
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -27,19 +25,23 @@ import pytest
 from engine.api.cache import RenderCache
 from engine.api.service import leases_schema
 from engine.domain.events import SimulationProfile
-from engine.domain.scale_set import EngineSettings
-from engine.engine import Engine
-from engine.leases import Ownership
 from engine.pg_leases import PostgresLeaseBoard
-from engine.simulated_fleet import SimulatedFleet
 from events import PostgresEventStore, StoreUnavailableError
 from projections.fleet_view import FleetView
 from tests.api.live import API
 from tests.engine.harness import LOCATION, UBUNTU, spec
 from tests.faults.client_load import Tally, run_client, vmss_path
 from tests.faults.conftest import ThrowawayPostgres
-from tests.pg_servers import RENEW, SPEED, TTL, engine_process, mid_rollout, spread, wait_for_events
-from tests.servers import ROOT
+from tests.pg_servers import (
+    SPEED,
+    TTL,
+    admin_engine,
+    audit_fences_cli,
+    engine_process,
+    mid_rollout,
+    spread,
+    wait_for_events,
+)
 
 SETS = 24
 SCHEMA = "osupgrade"
@@ -103,17 +105,6 @@ async def reads_match_log(urls: list[str], keys: list[str], view: FleetView) -> 
     return True
 
 
-async def audit_fences(dsn: str) -> str:
-    """``osupgrade audit fences`` on the log; its verdict (it must exit 0)."""
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "audit", "fences", "--db", dsn,
-        "--pg-schema", SCHEMA, cwd=ROOT, stdout=PIPE,
-    )  # fmt: skip
-    verdict = (await cli.communicate())[0].decode()
-    assert cli.returncode == 0, verdict
-    return verdict
-
-
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_pg_restart_mid_rollout_no_500_upgrades_complete_reads_catch_up_exit_0(
     throwaway_pg: ThrowawayPostgres, mode: Literal["fast", "immediate"], tmp_path: Path
@@ -127,12 +118,7 @@ async def test_pg_restart_mid_rollout_no_500_upgrades_complete_reads_catch_up_ex
         )
         clock = await board.shared_clock(SPEED, datetime.now(UTC))
         store = await stack.enter_async_context(PostgresEventStore(dsn, schema=SCHEMA, clock=clock))
-        admin = Engine(  # takes the test's calls, drives no scale set
-            store=store, fleet=SimulatedFleet(clock), clock=clock,
-            settings=EngineSettings(first_rollout_max_delay_s=0),
-            ownership=Ownership(board, "admin", renew_s=RENEW, claim=False),
-        )  # fmt: skip
-        await stack.enter_async_context(admin)
+        admin = await stack.enter_async_context(admin_engine(store, board, clock))
         await admin.publish_image_version(LOCATION, *UBUNTU, "1.0.0")
         keys = []
         for n in range(SETS):
@@ -165,7 +151,7 @@ async def test_pg_restart_mid_rollout_no_500_upgrades_complete_reads_catch_up_ex
         await poll(lambda: reads_match_log(urls, keys, view), 30, "reads to catch up")
         stop.set()
         await asyncio.gather(*clients)
-        verdict = await audit_fences(dsn)
+        verdict = await audit_fences_cli(dsn, SCHEMA)
     print(f"{mode}: answers by status {dict(tally.statuses)}")
     assert not tally.failures, tally.failures[:5]
     assert set(statuses) == {"Completed"}

@@ -19,6 +19,7 @@ from projections.postgres import PostgresTables
 from projections.runner import ProjectionRunner
 from tests.backends import pg_dsn
 from tests.engine.harness import RG, SUB, T0, spec, world
+from tests.pg_servers import drop
 from tests.projections.test_cli_read import KEY, osupgrade, rollout_log
 
 __all__ = ["rollout_log"]  # the module-scoped fixture, shared with test_cli_read
@@ -125,15 +126,7 @@ def pg_log() -> Iterator[tuple[str, str]]:
 
     asyncio.run(make())
     yield dsn, schema
-    asyncio.run(_drop(dsn, schema))
-
-
-async def _drop(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    asyncio.run(drop(dsn, schema))
 
 
 @pytest.mark.parametrize("command", READERS, ids=lambda c: " ".join(c[:2]))
