@@ -16,13 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-import asyncpg
 import orjson
 
 from engine.api.service import is_postgres_dsn
 from engine.domain.names import fold
-from engine.log_source import EXIT_NOT_FOUND, describe, open_log
+from engine.log_source import EXIT_NOT_FOUND, describe, has_table, open_log
 from events import EventStore, RecordedEvent
 from projections.fleet_view import FleetView, fleet_as_of
 from projections.postgres import PostgresTables
@@ -73,22 +71,11 @@ async def audit_verify(db: str, schema: str) -> int:
 
 async def _stored_projection(db: str, schema: str) -> StoredRows | None:
     """The stored projection beside the log (same file or schema); None if there is none."""
+    if not await has_table(db, schema, "projection_checkpoints"):
+        return None
     if is_postgres_dsn(db):
-        conn = await asyncpg.connect(db)
-        try:
-            found = await conn.fetchval(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = $1"
-                " AND tablename = 'projection_checkpoints'",
-                schema,
-            )
-        finally:
-            await conn.close()
-        return await PostgresTables(db, schema=schema).rows() if found else None
-    async with aiosqlite.connect(f"file:{db}?mode=ro", uri=True) as lite:
-        rows = await lite.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE name = 'projection_checkpoints'"
-        )
-    return await stored_rows(Path(db)) if list(rows) else None
+        return await PostgresTables(db, schema=schema).rows()
+    return await stored_rows(Path(db))
 
 
 def _compare(

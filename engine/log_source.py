@@ -76,17 +76,28 @@ async def _check_sqlite(path: Path) -> None:
 
 
 async def _check_postgres(dsn: str, schema: str) -> None:
-    where = describe(dsn, schema)
+    if not await has_table(dsn, schema, "events"):
+        raise LogSourceError(f"there is no osupgrade event log in {describe(dsn, schema)}")
+
+
+async def has_table(db: str, schema: str, table: str) -> bool:
+    """Whether the log's file (or schema) has ``table``: read-only, creates nothing."""
+    if not is_postgres_dsn(db):
+        async with aiosqlite.connect(f"file:{db}?mode=ro", uri=True) as lite:
+            rows = await lite.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE name = ?", (table,)
+            )
+        return bool(list(rows))
     try:
-        conn = await asyncpg.connect(dsn, timeout=_PG_TIMEOUT_S)
+        conn = await asyncpg.connect(db, timeout=_PG_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = describe(db, schema)
         raise LogSourceError(f"cannot connect to {where}: {exc or type(exc).__name__}") from exc
     try:
         found = await conn.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'events'",
-            schema,
-        )
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+            schema, table,
+        )  # fmt: skip
     finally:
         await conn.close()
-    if not found:
-        raise LogSourceError(f"there is no osupgrade event log in {where}")
+    return bool(found)
