@@ -20,12 +20,12 @@ from pathlib import Path
 
 import asyncpg
 
-from engine.clock import EngineClock as Clock
 from engine.domain.scale_set import EngineSettings
-from engine.engine import Engine
-from engine.leases import Ownership
-from engine.pg_leases import PostgresLeaseBoard
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import EngineClock as Clock
+from engine.runtime.engine import Engine
+from engine.scaleout.leases import Ownership
+from engine.scaleout.pg_leases import PostgresLeaseBoard
+from engine.sim.fleet import SimulatedFleet
 from events import PostgresEventStore, RecordedEvent
 from tests.servers import ROOT, start_serve, stop_serve
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from engine.api.service import leases_schema
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from tests.api.live import API
 from tests.backends import pg_dsn
 from tests.test_multi_engine_pg import TTL, drop, engine_process

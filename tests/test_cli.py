@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.cli import DEMO_SCALE_SETS
-from engine.demo import demo_scenario
+from engine.cli.demo import demo_scenario
+from engine.cli.main import DEMO_SCALE_SETS
 
 ROOT = Path(__file__).resolve().parent.parent
 

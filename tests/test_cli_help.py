@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.cli import build_parser
+from engine.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import build_parser
+from engine.cli.main import build_parser
 from tests.backends import pg_dsn
 
 ROOT = Path(__file__).resolve().parent.parent

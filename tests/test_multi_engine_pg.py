@@ -1,7 +1,7 @@
 """Three ``osupgrade serve`` processes share one PostgreSQL log; one is SIGKILLed mid-rollout.
 
 The surviving engines take its scale sets over within the lease TTL plus one renewal,
-every upgrade completes, and the log itself proves (``engine.fence_audit``) that no
+every upgrade completes, and the log itself proves (``engine.scaleout.fence_audit``) that no
 scale set was ever driven by two engines and no instance was reimaged twice by one
 upgrade. Time is real but sped up 300 times, shared by every process through the
 database, so a 15-minute rollout takes seconds.
@@ -22,8 +22,8 @@ import httpx
 
 from engine.api.service import leases_schema
 from engine.domain.events import SimulationProfile
-from engine.fence_audit import audit_fences
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.fence_audit import audit_fences
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from events import PostgresEventStore, RecordedEvent
 from tests.api.live import API
 from tests.backends import pg_dsn

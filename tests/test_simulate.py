@@ -13,9 +13,9 @@ from xml.etree import ElementTree
 import pytest
 
 from engine.jsonpos import loads_located
-from engine.live import LineProgress
-from engine.scenario import ScenarioError, load_policy, load_scenario
-from engine.simulate import Live, run_scenario
+from engine.runtime.live import LineProgress
+from engine.sim.scenario import ScenarioError, load_policy, load_scenario
+from engine.sim.simulate import Live, run_scenario
 from events import InMemoryEventStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.clock import VirtualClock  # noqa: E402
 from engine.domain.events import SimulationProfile  # noqa: E402
 from engine.domain.model import (  # noqa: E402
     AutomaticOSUpgradePolicy,
@@ -37,9 +36,10 @@ from engine.domain.model import (  # noqa: E402
     UpgradePolicy,
     UpgradeStatus,
 )
-from engine.engine import Engine  # noqa: E402
 from engine.logging import configure_logging  # noqa: E402
-from engine.simulated_fleet import SimulatedFleet  # noqa: E402
+from engine.runtime.clock import VirtualClock  # noqa: E402
+from engine.runtime.engine import Engine  # noqa: E402
+from engine.sim.fleet import SimulatedFleet  # noqa: E402
 from events import SQLiteEventStore  # noqa: E402
 from projections.runner import ProjectionRunner  # noqa: E402
 

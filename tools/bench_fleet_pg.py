@@ -10,7 +10,7 @@ processes that share the log through leases and fencing (docs/POSTGRES.md): this
 process creates the fleet, waits until the leases are spread, publishes the version and
 times until every upgrade has finished, following the log. Each engine runs its own
 virtual clock (autojump), so the run measures work, not waiting; leases run on real
-time. The log is audited afterwards (``engine.fence_audit``).
+time. The log is audited afterwards (``engine.scaleout.fence_audit``).
 
     dir=$(mktemp -d) && dsn=$(tools/pg_throwaway.sh start "$dir")
     .venv/bin/python tools/bench_fleet_pg.py --dsn "$dsn" --scale-sets 1000 --instances 100 \\
@@ -45,14 +45,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_fleet import LOCATION, UBUNTU, base_spec, rollout  # noqa: E402
 
 from engine.api.service import leases_schema  # noqa: E402
-from engine.clock import VirtualClock  # noqa: E402
 from engine.domain.events import SimulationProfile  # noqa: E402
-from engine.engine import Engine  # noqa: E402
-from engine.fence_audit import audit_fences  # noqa: E402
-from engine.leases import Ownership  # noqa: E402
 from engine.logging import configure_logging  # noqa: E402
-from engine.pg_leases import PostgresLeaseBoard  # noqa: E402
-from engine.simulated_fleet import SimulatedFleet  # noqa: E402
+from engine.runtime.clock import VirtualClock  # noqa: E402
+from engine.runtime.engine import Engine  # noqa: E402
+from engine.scaleout.fence_audit import audit_fences  # noqa: E402
+from engine.scaleout.leases import Ownership  # noqa: E402
+from engine.scaleout.pg_leases import PostgresLeaseBoard  # noqa: E402
+from engine.sim.fleet import SimulatedFleet  # noqa: E402
 from events import PostgresEventStore  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

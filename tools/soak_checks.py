@@ -2,7 +2,7 @@
 
 The log is read page by page (``EventStore.read_all``), folded with the engine's folds
 (``ScaleSetState``, ``projections.fleet_view.FleetView``), audited with
-``engine.fence_audit`` and verified with the store's own ``verify``. The API's reads are
+``engine.scaleout.fence_audit`` and verified with the store's own ``verify``. The API's reads are
 then compared, server by server, with that fresh fold.
 """
 
@@ -30,7 +30,7 @@ from engine.domain.events import (
 from engine.domain.grouping import decode_all
 from engine.domain.model import ScaleSetSpec
 from engine.domain.scale_set import ScaleSetState
-from engine.fence_audit import audit_fences
+from engine.scaleout.fence_audit import audit_fences
 from events import EventStore, RecordedEvent
 from events.verify import VerifyReport
 from projections.fleet_view import FleetView
@@ -147,7 +147,7 @@ def hash_chain(report: VerifyReport) -> Invariant:
 
 
 def fences(records: list[RecordedEvent]) -> Invariant:
-    """``engine.fence_audit``: no scale set driven by two engines at once."""
+    """``engine.scaleout.fence_audit``: no scale set driven by two engines at once."""
     audit = audit_fences(records)
     verdict = Invariant("fence audit clean", checked=audit.scale_sets)
     for problem in audit.problems:

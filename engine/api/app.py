@@ -72,9 +72,9 @@ from engine.api.service import ApiService
 from engine.api.versions import complete, for_version
 from engine.domain.model import ScaleSetSpec, canonical_version, scale_set_key
 from engine.domain.scale_set import ScaleSetState
-from engine.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.runtime.engine import NotOwnedHereError, ScaleSetNotFoundError
+from engine.runtime.worker import ScaleSetWorker
 from engine.ui.app import with_dashboard
-from engine.worker import ScaleSetWorker
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
 

@@ -17,10 +17,10 @@ from engine.api.server import MISSING_CLUSTER_SECRET, run_forever
 from engine.api.service import ServeSettings, is_postgres_dsn, redacted
 from engine.api.token_sources import gather_tokens
 from engine.domain.scale_set import EngineSettings
-from engine.engine import WorkerCrashedError
 from engine.env import env_help, env_value
 from engine.logging import configure_logging
 from engine.redaction import register_secret, register_url_password, scrub
+from engine.runtime.engine import WorkerCrashedError
 from events import EventStoreError
 
 

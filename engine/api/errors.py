@@ -16,14 +16,14 @@ from starlette.responses import Response
 
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.domain.validation import InvalidParameterError
-from engine.engine import (
+from engine.runtime.engine import (
     CommandConflictError,
     NotOwnedHereError,
     ScaleSetNotFoundError,
     WorkerCrashedError,
     WorkerRestartingError,
 )
-from engine.worker import WorkerGoneError
+from engine.runtime.worker import WorkerGoneError
 from events import StoreClosedError, StoreFullError, StoreUnavailableError
 
 RETRY_AFTER_S = 5  # what a 503 asks clients to wait before trying again

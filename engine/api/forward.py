@@ -36,7 +36,7 @@ from engine.api.auth import ACCESS_KEY, FORWARDED_BY_KEY
 from engine.api.cluster import ClusterKey, SignedRequest
 from engine.api.errors import ApiError, unavailable
 from engine.api.peer_url import PeerUrlError, parse_peer_url
-from engine.leases import PeerAddress
+from engine.scaleout.leases import PeerAddress
 from events import StoreUnavailableError
 
 if TYPE_CHECKING:

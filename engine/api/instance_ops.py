@@ -24,7 +24,7 @@ from engine.api.versions import for_version
 from engine.domain.model import ScaleSetSpec
 from engine.domain.reimage import ReimageOperation
 from engine.domain.scale_set import ScaleSetState
-from engine.engine import ScaleSetNotFoundError
+from engine.runtime.engine import ScaleSetNotFoundError
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from engine.api.errors import ApiError
 from engine.api.resources import etag
 from engine.domain.scale_set import ScaleSetState
-from engine.engine import Precondition
+from engine.runtime.engine import Precondition
 
 
 def precondition(request: Request) -> Precondition | None:

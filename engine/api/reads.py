@@ -19,8 +19,8 @@ from engine.api.auth import ACCESS_KEY, authorize
 from engine.api.parsing import API_VERSIONS
 from engine.api.service import ApiService
 from engine.api.versions import complete
-from engine.engine import NotOwnedHereError, ScaleSetNotFoundError, WorkerRestartingError
-from engine.worker import ScaleSetWorker
+from engine.runtime.engine import NotOwnedHereError, ScaleSetNotFoundError, WorkerRestartingError
+from engine.runtime.worker import ScaleSetWorker
 
 log = structlog.get_logger("osupgrade.api")
 

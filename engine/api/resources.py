@@ -11,7 +11,7 @@ from typing import Any
 from engine.api.envelope import render_identity, render_tags
 from engine.domain.model import Health, ScaleSetSpec, UpgradePolicy
 from engine.domain.scale_set import ScaleSetState
-from engine.reimaging import runs_model
+from engine.runtime.reimaging import runs_model
 from projections.fleet_view import InstanceView
 from projections.upgrade_view import rfc3339
 

@@ -27,12 +27,12 @@ from engine.api.cluster import ClusterKey
 from engine.api.forward import PeerClient
 from engine.api.limits import WireLimits
 from engine.api.log_lock import serving_lock
-from engine.clock import EngineClock, RealClock, VirtualClock
 from engine.domain.scale_set import EngineSettings
-from engine.engine import Engine, WorkerCrashedError
-from engine.leases import Ownership
-from engine.pg_leases import PostgresLeaseBoard
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import EngineClock, RealClock, VirtualClock
+from engine.runtime.engine import Engine, WorkerCrashedError
+from engine.scaleout.leases import Ownership
+from engine.scaleout.pg_leases import PostgresLeaseBoard
+from engine.sim.fleet import SimulatedFleet
 from events import EventStore, PostgresEventStore, SQLiteEventStore, StoreUnavailableError
 from projections.postgres import PostgresTables
 from projections.runner import ProjectionRunner, ProjectionStoppedError, ProjectionTables

@@ -19,7 +19,7 @@ from engine.api.auth import Token, generate_token, parse_token
 from engine.api.limits import WireLimits
 from engine.api.protocol import protocol_for
 from engine.api.server import bind_listener
-from engine.log_source import describe, open_log
+from engine.cli.log_source import describe, open_log
 from engine.ui.app import Dashboard, dashboard_app
 from engine.ui.timeline import Timeline
 

@@ -14,12 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import RollingUpgradePolicy
-from engine.engine import Engine
 from engine.logging import configure_logging
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.sim.fleet import SimulatedFleet
 from events import SQLiteEventStore, StoreClosedError
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 

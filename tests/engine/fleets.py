@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from engine.domain.events import SimulationProfile
 from engine.domain.model import Health, ImageReference, ScaleSetSpec
-from engine.fleet import ReimageOutcome, RestoreOutcome
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.fleet import ReimageOutcome, RestoreOutcome
+from engine.sim.fleet import SimulatedFleet
 
 
 class PassThroughFleet:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.grouping import decode_all
 from engine.domain.model import (
@@ -26,9 +25,10 @@ from engine.domain.model import (
 )
 from engine.domain.scale_set import EngineSettings
 from engine.domain.upgrade import UpgradeState
-from engine.engine import Engine
-from engine.simulated_fleet import SimulatedFleet
-from engine.worker import ScaleSetWorker
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.runtime.worker import ScaleSetWorker
+from engine.sim.fleet import SimulatedFleet
 from events import EventStore, InMemoryEventStore
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)

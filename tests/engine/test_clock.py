@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine.clock import RealClock, Signal, VirtualClock
 from engine.domain.model import UpgradeStatus
+from engine.runtime.clock import RealClock, Signal, VirtualClock
 from tests.engine.harness import RG, SUB, spec, world
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

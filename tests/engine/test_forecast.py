@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import Health, HealthExtension, ScaleSetSpec
-from engine.engine import Engine
-from engine.fleet import BatchFleet, HealthForecast
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.runtime.fleet import BatchFleet, HealthForecast
+from engine.sim.fleet import SimulatedFleet
 from events import InMemoryEventStore
 from tests.engine.fleets import PassThroughFleet
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec, step_until

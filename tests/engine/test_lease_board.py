@@ -16,8 +16,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from engine.leases import LeaseBoard, MemoryLeaseBoard, Ownership, PeerAddress, fair_share
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.leases import LeaseBoard, MemoryLeaseBoard, Ownership, PeerAddress, fair_share
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from tests.backends import pg_dsn
 from tests.engine.harness import T0
 

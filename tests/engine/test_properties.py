@@ -35,7 +35,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import event as statistic
 from hypothesis import strategies as st
 
-from engine.clock import VirtualClock
 from engine.domain.events import (
     BatchCompleted,
     BatchStarted,
@@ -69,8 +68,9 @@ from engine.domain.model import (
     ScaleSetSpec,
     StartedBy,
 )
-from engine.engine import Engine
-from engine.simulated_fleet import SimulatedFleet, SimulatedInstance
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.sim.fleet import SimulatedFleet, SimulatedInstance
 from events import Fence, InMemoryEventStore, NewEvent, RecordedEvent
 from tests.engine.fleets import PassThroughFleet
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import Health
-from engine.engine import Engine
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.sim.fleet import SimulatedFleet
 from events import SQLiteEventStore
 from projections.upgrade_view import expand
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec

@@ -28,7 +28,7 @@ from engine.domain.model import (
 from engine.domain.scale_set import EngineSettings, OperationNotAllowedError
 from engine.domain.upgrade import BEFORE, DURING, EXTENSIONS, UPGRADED
 from engine.domain.validation import InvalidParameterError
-from engine.engine import EngineStalledError
+from engine.runtime.engine import EngineStalledError
 from tests.engine.harness import LOCATION, RG, SUB, T0, World, spec, world
 
 

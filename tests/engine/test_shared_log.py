@@ -14,13 +14,13 @@ from datetime import timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.scale_set import EngineSettings
-from engine.engine import Engine, NotOwnedHereError
-from engine.fence_audit import audit_fences
-from engine.leases import Holdings, MemoryLeaseBoard, Ownership
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine, NotOwnedHereError
+from engine.scaleout.fence_audit import audit_fences
+from engine.scaleout.leases import Holdings, MemoryLeaseBoard, Ownership
+from engine.sim.fleet import SimulatedFleet
 from events import InMemoryEventStore, RecordedEvent
 from tests.engine.harness import LOCATION, RG, SUB, T0, UBUNTU, spec
 

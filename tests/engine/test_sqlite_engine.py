@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from engine.clock import VirtualClock
 from engine.domain.model import UpgradeStatus
+from engine.runtime.clock import VirtualClock
 from events import SQLiteEventStore
 from tests.engine.harness import RG, SUB, T0, spec, world
 

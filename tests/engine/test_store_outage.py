@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from engine.clock import VirtualClock
 from engine.domain.events import InstanceReimaged
 from engine.domain.model import UpgradeStatus
-from engine.engine import WorkerRestartingError
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import WorkerRestartingError
 from events import InMemoryEventStore, StoreUnavailableError
 from tests.engine.harness import RG, SUB, T0, spec, world
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.engine import WorkerCrashedError
+from engine.runtime.engine import WorkerCrashedError
 from tests.engine.harness import RG, SUB, World, spec, world
 
 

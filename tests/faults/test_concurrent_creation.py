@@ -22,10 +22,10 @@ import pytest
 
 from engine.api.cluster import ClusterKey
 from engine.api.service import leases_schema
-from engine.clock import VirtualClock
 from engine.domain.events import DOMAIN_EVENTS, ImageVersionPublished, catalog_stream
-from engine.engine import Engine
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import Engine
+from engine.sim.fleet import SimulatedFleet
 from events import Metadata, NewEvent, SQLiteEventStore
 from tests.api import live as api
 from tests.api.errors_bodies import valid_bodies

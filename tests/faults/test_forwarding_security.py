@@ -30,7 +30,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from engine.api.access import Access
 from engine.api.cluster import ClusterKey, SignedRequest
 from engine.api.service import leases_schema
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from tests.api.live import API, RG, SUB, image_path, vmss_path
 from tests.api.test_errors import body as vmss_body
 from tests.backends import pg_dsn
@@ -392,7 +392,7 @@ def _sign_put(target: str, access: Access, to: str) -> dict[str, str]:
 
 def test_the_announcement_and_url_of_a_peer_are_checked_before_use() -> None:
     from engine.api.forward import verified_url  # noqa: PLC0415
-    from engine.leases import PeerAddress  # noqa: PLC0415
+    from engine.scaleout.leases import PeerAddress  # noqa: PLC0415
 
     def address(url: str, engine: str = "b", mac_for: str | None = None) -> PeerAddress:
         return PeerAddress(engine, url, KEY.sign_announcement(engine, mac_for or url))

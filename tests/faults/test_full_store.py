@@ -25,7 +25,7 @@ import pytest
 
 from engine.api.cache import RenderCache
 from engine.api.service import ApiService
-from engine.clock import VirtualClock
+from engine.runtime.clock import VirtualClock
 from events import NewEvent, SQLiteEventStore, StoreFullError
 from projections.fleet_view import FleetView
 from projections.runner import ProjectionRunner, SQLiteTables, stored_rows

@@ -16,7 +16,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from events import NewEvent, PostgresEventStore, StoreUnavailableError
 from projections.postgres import PostgresTables
 from projections.runner import ProjectionRunner

@@ -25,7 +25,7 @@ import pytest
 from engine.api.cache import RenderCache
 from engine.api.service import leases_schema
 from engine.domain.events import SimulationProfile
-from engine.pg_leases import PostgresLeaseBoard
+from engine.scaleout.pg_leases import PostgresLeaseBoard
 from events import PostgresEventStore, StoreUnavailableError
 from projections.fleet_view import FleetView
 from tests.api.live import API

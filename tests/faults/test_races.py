@@ -27,7 +27,7 @@ from engine.domain.events import (
 )
 from engine.domain.grouping import decode_all
 from engine.domain.scale_set import OperationNotAllowedError
-from engine.engine import (
+from engine.runtime.engine import (
     CommandConflictError,
     NotOwnedHereError,
     ScaleSetNotFoundError,

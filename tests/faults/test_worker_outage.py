@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from engine.api.errors import from_domain
-from engine.clock import VirtualClock
-from engine.engine import WorkerRestartingError
+from engine.runtime.clock import VirtualClock
+from engine.runtime.engine import WorkerRestartingError
 from events import InMemoryEventStore, StoreUnavailableError
 from tests.engine.harness import RG, SUB, T0, spec, world
 from tests.engine.test_store_outage import OutageStore

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.clock import VirtualClock
+from engine.runtime.clock import VirtualClock
 from events import PostgresEventStore
 from projections.postgres import PostgresTables
 from projections.runner import ProjectionRunner

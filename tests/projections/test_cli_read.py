@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import VirtualClock
+from engine.runtime.clock import VirtualClock
 from events import SQLiteEventStore
 from projections.runner import ProjectionRunner
 from tests.engine.harness import RG, SUB, T0, spec, world

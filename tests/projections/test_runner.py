@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.clock import VirtualClock
+from engine.runtime.clock import VirtualClock
 from events import SQLiteEventStore
 from projections.fleet_view import fleet_as_of
 from projections.runner import ProjectionRunner, stored_rows

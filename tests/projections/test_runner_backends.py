@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine.clock import VirtualClock
+from engine.runtime.clock import VirtualClock
 from events import EventStore, PostgresEventStore, SQLiteEventStore
 from projections.postgres import PostgresTables
 from projections.runner import ProjectionRunner, ProjectionTables, SQLiteTables

@@ -1,4 +1,4 @@
-"""The live progress display of a rollout (rich), fed by ``engine.simulate`` snapshots."""
+"""The live progress display of a rollout (rich), fed by ``engine.sim.simulate`` snapshots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from engine.simulate import Live
+from engine.sim.simulate import Live
 
 
 class LiveDisplay:

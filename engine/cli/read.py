@@ -1,7 +1,7 @@
 """The read-only commands: ``audit verify``, ``events``, ``status``, ``history``, ``instances``.
 
 They read an existing log, a SQLite file or a PostgreSQL DSN (never create one: see
-``engine.log_source``), fail clearly on a missing, foreign or corrupt log, and fold with
+``engine.cli.log_source``), fail clearly on a missing, foreign or corrupt log, and fold with
 the current code, so an audit re-checks every decision's read model against what was
 stored. Exit codes: 0 ok; 1 a check failed (or ``status``: the set never had an
 upgrade); 2 no readable log, or a moment the log does not have; 3 no such scale set or
@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from engine.api.service import is_postgres_dsn
+from engine.cli.log_source import EXIT_NOT_FOUND, describe, has_table, open_log
 from engine.domain.names import fold
-from engine.log_source import EXIT_NOT_FOUND, describe, has_table, open_log
 from events import EventStore, RecordedEvent
 from projections.fleet_view import FleetView, fleet_as_of
 from projections.postgres import PostgresTables

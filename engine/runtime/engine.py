@@ -17,7 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from engine.clock import EngineClock, Participation, VirtualClock
 from engine.domain.catalog import Catalog
 from engine.domain.events import (
     DOMAIN_EVENTS,
@@ -48,11 +47,12 @@ from engine.domain.scale_set import (
 )
 from engine.domain.upgrade import Phase, UpgradeState
 from engine.domain.validation import InvalidParameterError, validate_scale_set
-from engine.fleet import Fleet, FleetWatch
-from engine.leases import Holdings, Ownership
-from engine.reimaging import request_reimage
-from engine.slots import UpgradeSlots
-from engine.worker import ScaleSetWorker, WorkerContext, WorkerGoneError, read_scale_set
+from engine.runtime.clock import EngineClock, Participation, VirtualClock
+from engine.runtime.fleet import Fleet, FleetWatch
+from engine.runtime.reimaging import request_reimage
+from engine.runtime.slots import UpgradeSlots
+from engine.runtime.worker import ScaleSetWorker, WorkerContext, WorkerGoneError, read_scale_set
+from engine.scaleout.leases import Holdings, Ownership
 from events import (
     ConcurrencyError,
     EventStore,

@@ -19,8 +19,10 @@ from importlib import metadata
 from pathlib import Path
 
 from engine.api.cli import add_serve_command, run_serve
-from engine.cli_fences import run_audit_fences
-from engine.cli_read import (
+from engine.cli.demo import DemoDirError, prepare_demo_dir, run_demo
+from engine.cli.fences import run_audit_fences
+from engine.cli.log_source import EXIT_UNREADABLE, open_log
+from engine.cli.read import (
     AsOfError,
     audit_verify,
     parse_as_of,
@@ -30,10 +32,8 @@ from engine.cli_read import (
     print_instances,
     print_status,
 )
-from engine.demo import DemoDirError, prepare_demo_dir, run_demo
-from engine.log_source import EXIT_UNREADABLE, open_log
+from engine.cli.simulate import add_simulate_parser, run_simulate
 from engine.logging import configure_logging
-from engine.simulate_cli import add_simulate_parser, run_simulate
 from engine.ui.cli import add_ui_command, run_ui
 from events import EventStoreError
 

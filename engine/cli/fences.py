@@ -1,7 +1,7 @@
 """``osupgrade audit fences``: did any scale set ever have two drivers? Ask the log.
 
 Reads the whole log (SQLite file or PostgreSQL DSN) page by page and runs
-``engine.fence_audit`` over it. Exit 0 when the log proves single ownership, 1 with the
+``engine.scaleout.fence_audit`` over it. Exit 0 when the log proves single ownership, 1 with the
 first problems when it does not, 2 when the log cannot be read.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from engine.fence_audit import FenceAuditor
-from engine.log_source import EXIT_UNREADABLE, describe, open_log
+from engine.cli.log_source import EXIT_UNREADABLE, describe, open_log
+from engine.scaleout.fence_audit import FenceAuditor
 from events import EventStoreError
 
 PAGE = 5000

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import orjson
 
-from engine.clock import EngineClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import DataDisk, Health, ImageReference, ScaleSetSpec
-from engine.fleet import Reimage, ReimageOutcome, Restore, RestoreOutcome
+from engine.runtime.clock import EngineClock
+from engine.runtime.fleet import Reimage, ReimageOutcome, Restore, RestoreOutcome
 
 DEFAULT_PROFILE = SimulationProfile(unhealthy_instance_percent=0, boot_seconds=30)
 _FOREVER = datetime.max.replace(tzinfo=UTC)

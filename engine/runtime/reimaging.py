@@ -22,10 +22,10 @@ from engine.domain.model import ImageReference, ScaleSetSpec, version_key
 from engine.domain.reimage import ReimageOperation, reimage_operation_id
 from engine.domain.scale_set import OperationNotAllowedError, ScaleSetState
 from engine.domain.validation import InvalidParameterError
-from engine.fleet import BatchFleet, Reimage, ReimageOutcome
+from engine.runtime.fleet import BatchFleet, Reimage, ReimageOutcome
 
 if TYPE_CHECKING:
-    from engine.worker import ScaleSetWorker
+    from engine.runtime.worker import ScaleSetWorker
 
 log = structlog.get_logger("osupgrade.reimage")
 

@@ -8,7 +8,7 @@ paused engine from writing late, so the token also travels with every append of 
 owner (``events.Fence``) and the store refuses older tokens.
 
 ``LeaseBoard`` is the interface; ``MemoryLeaseBoard`` serves engines sharing one
-process (tests, simulations) and ``engine.pg_leases.PostgresLeaseBoard`` engines
+process (tests, simulations) and ``engine.scaleout.pg_leases.PostgresLeaseBoard`` engines
 sharing a PostgreSQL database.
 """
 

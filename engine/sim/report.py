@@ -11,7 +11,7 @@ import html
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.simulate import STATES, Outcome, comparison_rows, duration
+from engine.sim.simulate import STATES, Outcome, comparison_rows, duration
 
 WIDTH, HEIGHT = 900, 260
 LEFT, BOTTOM, TOP = 60, 30, 10

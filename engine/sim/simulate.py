@@ -19,13 +19,13 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from engine.clock import Participation, VirtualClock
 from engine.domain.model import Health, UpgradeStatus
 from engine.domain.scale_set import OperationNotAllowedError
 from engine.domain.upgrade import FAILED_PHASES, Phase
-from engine.engine import Engine
-from engine.scenario import RESOURCE_GROUP, SUBSCRIPTION, Action, Scenario
-from engine.simulated_fleet import SimulatedFleet
+from engine.runtime.clock import Participation, VirtualClock
+from engine.runtime.engine import Engine
+from engine.sim.fleet import SimulatedFleet
+from engine.sim.scenario import RESOURCE_GROUP, SUBSCRIPTION, Action, Scenario
 from events import EventStore, InMemoryEventStore, RecordedEvent
 from projections.fleet_view import FleetView
 from projections.upgrade_view import JSON, expand

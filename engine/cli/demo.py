@@ -26,11 +26,11 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from engine.clock import VirtualClock
 from engine.domain.events import SimulationProfile
 from engine.domain.model import AutomaticOSUpgradePolicy, RollingUpgradePolicy, UpgradePolicy
-from engine.live import LiveDisplay
-from engine.scenario import (
+from engine.runtime.clock import VirtualClock
+from engine.runtime.live import LiveDisplay
+from engine.sim.scenario import (
     RESOURCE_GROUP,
     SUBSCRIPTION,
     Action,
@@ -38,7 +38,7 @@ from engine.scenario import (
     ScaleSetGroup,
     Scenario,
 )
-from engine.simulate import Outcome, duration, run_scenario
+from engine.sim.simulate import Outcome, duration, run_scenario
 from events import SQLiteEventStore
 from events.sqlite import APPLICATION_ID
 from projections.fleet_view import FleetView

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from engine.clock import EngineClock, Signal
+from engine.runtime.clock import EngineClock, Signal
 
 
 class UpgradeSlots:

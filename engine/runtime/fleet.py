@@ -1,7 +1,7 @@
 """The fleet adapter protocol: the only way the engine touches machines.
 
 Like httpx's transport, it is a small protocol with one simulated implementation
-(``engine.simulated_fleet``); real adapters (processes with real health probes, Azure)
+(``engine.sim.fleet``); real adapters (processes with real health probes, Azure)
 implement the same methods. Every call that changes a machine carries an
 ``operation_id``: an adapter must make a repeated call with the same id a no-op that
 returns the first outcome, which is what lets a restarted engine retry an intent

@@ -26,8 +26,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 import structlog
 
-from engine.clock import RealClock
-from engine.leases import Holdings, PeerAddress, fair_share
+from engine.runtime.clock import RealClock
+from engine.scaleout.leases import Holdings, PeerAddress, fair_share
 from events import StoreUnavailableError
 from events.postgres import CONNECTION_ERRORS, redact, unavailable
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 
-from engine.clock import EngineClock
 from engine.domain.catalog import Catalog
 from engine.domain.events import (
     DOMAIN_EVENTS,
@@ -43,7 +42,8 @@ from engine.domain.scale_set import (
     start_upgrade,
 )
 from engine.domain.upgrade import UpgradeState, decide
-from engine.fleet import (
+from engine.runtime.clock import EngineClock
+from engine.runtime.fleet import (
     BatchFleet,
     Fleet,
     HealthForecast,
@@ -52,8 +52,8 @@ from engine.fleet import (
     Restore,
     RestoreOutcome,
 )
-from engine.reimaging import carry_out
-from engine.slots import UpgradeSlots
+from engine.runtime.reimaging import carry_out
+from engine.runtime.slots import UpgradeSlots
 from events import EventStore, Fence, Metadata, RecordedEvent, StoreUnavailableError
 
 log = structlog.get_logger("osupgrade.worker")

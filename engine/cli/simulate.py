@@ -18,10 +18,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from engine.live import LineProgress, LiveDisplay
-from engine.report import write_report
-from engine.scenario import PolicyVariant, Scenario, ScenarioError, load_policy, load_scenario
-from engine.simulate import Outcome, comparison_rows, run_scenario
+from engine.runtime.live import LineProgress, LiveDisplay
+from engine.sim.report import write_report
+from engine.sim.scenario import PolicyVariant, Scenario, ScenarioError, load_policy, load_scenario
+from engine.sim.simulate import Outcome, comparison_rows, run_scenario
 
 
 def add_simulate_parser(commands: Any) -> None:
