@@ -38,6 +38,87 @@ class InstanceView:
     health: str = "Unknown"
 
 
+@dataclass(slots=True)
+class ScaleSetModel:
+    """What a SQL user asks about a scale set's model: where it is, its zones, its policy.
+
+    Flat and typed on purpose: it is a row of the ``fleet_scale_sets`` table
+    (``projections.sql_tables``), and the runner reloads it from that row.
+    """
+
+    subscription: str
+    resource_group: str
+    name: str
+    location: str
+    zones: str  # comma-separated availability zones, "" for a regional set
+    capacity: int
+    sku: str
+    os_type: str
+    upgrade_mode: str
+    automatic_os_upgrade: bool
+    use_rolling_upgrade_policy: bool
+    disable_automatic_rollback: bool
+    max_batch_instance_percent: int
+    max_unhealthy_instance_percent: int
+    max_unhealthy_upgraded_instance_percent: int
+    pause_time_between_batches_s: int
+    image_publisher: str
+    image_offer: str
+    image_sku: str
+    image_version: str
+    image_id: str | None
+    health_source: str  # "probe", "extension" or "none"
+    service_fabric: bool
+    created_time: datetime
+
+
+def model_from_spec(spec: JSON, created: datetime) -> ScaleSetModel:
+    """The flat model of a recorded ``ScaleSetSpec`` (fields missing in old logs defaulted)."""
+    policy: JSON = spec.get("policy") or {}
+    rolling: JSON = policy.get("rolling") or {}
+    automatic: JSON = policy.get("automatic") or {}
+    image: JSON = spec.get("image") or {}
+    if spec.get("health_probe"):
+        health_source = "probe"
+    elif spec.get("health_extension") is not None:
+        health_source = "extension"
+    else:
+        health_source = "none"
+    return ScaleSetModel(
+        subscription=spec["subscription"],
+        resource_group=spec["resource_group"],
+        name=spec["name"],
+        location=spec["location"],
+        zones=",".join(spec.get("zones") or ()),
+        capacity=int(spec["capacity"]),
+        sku=spec.get("sku", ""),
+        os_type=spec.get("os_type", "Linux"),
+        upgrade_mode=policy.get("mode", "Manual"),
+        automatic_os_upgrade=bool(automatic.get("enable_automatic_os_upgrade", False)),
+        use_rolling_upgrade_policy=bool(automatic.get("use_rolling_upgrade_policy", False)),
+        disable_automatic_rollback=bool(automatic.get("disable_automatic_rollback", False)),
+        max_batch_instance_percent=int(rolling.get("max_batch_instance_percent", 20)),
+        max_unhealthy_instance_percent=int(rolling.get("max_unhealthy_instance_percent", 20)),
+        max_unhealthy_upgraded_instance_percent=int(
+            rolling.get("max_unhealthy_upgraded_instance_percent", 20)
+        ),
+        pause_time_between_batches_s=int(rolling.get("pause_time_between_batches_s", 0)),
+        image_publisher=image.get("publisher", ""),
+        image_offer=image.get("offer", ""),
+        image_sku=image.get("sku", ""),
+        image_version=image.get("version", ""),
+        image_id=image.get("id"),
+        health_source=health_source,
+        service_fabric=bool(spec.get("service_fabric", False)),
+        created_time=created,
+    )
+
+
+# (image, version, location): a platform image is "publisher/offer/sku" in one location;
+# a gallery image is its id, with one entry per region it was published or replicated to.
+ImageVersionKey = tuple[str, str, str]
+
+
 @dataclass
 class FleetView:
     """Every scale set's upgrades and instances, as of the events folded so far."""
@@ -46,6 +127,8 @@ class FleetView:
     scale_sets: dict[str, list[str]] = field(default_factory=dict)  # key -> upgrade ids
     instances: dict[str, dict[str, InstanceView]] = field(default_factory=dict)
     position: int = 0
+    models: dict[str, ScaleSetModel] = field(default_factory=dict)
+    image_versions: dict[ImageVersionKey, datetime] = field(default_factory=dict)
 
     def apply(self, event: RecordedEvent) -> None:
         """Fold one event (events must come in position order)."""
@@ -58,19 +141,27 @@ class FleetView:
                 self._instance_change(view.scale_set, type_name, data)
         elif event.stream_id.startswith("vmss-"):
             self._scale_set_event(event.stream_id.removeprefix("vmss-"), event)
+        else:
+            for key in image_versions_of(event):
+                self.image_versions.setdefault(key, event.occurred_at)
 
     def _scale_set_event(self, key: str, event: RecordedEvent) -> None:
         data = event.data
         if event.type == "scaleset.created":
             self.scale_sets[key] = []
             self.instances[key] = {i: InstanceView(v) for i, v in data["instance_versions"].items()}
+            self.models[key] = model_from_spec(data["spec"], event.occurred_at)
         elif event.type == "scaleset.model_updated":
             known = self.instances.setdefault(key, {})
             versions: dict[str, str] = data["instance_versions"]
             self.instances[key] = {i: known.get(i) or InstanceView(v) for i, v in versions.items()}
+            previous = self.models.get(key)
+            created = previous.created_time if previous is not None else event.occurred_at
+            self.models[key] = model_from_spec(data["spec"], created)
         elif event.type == "scaleset.deleted":
             self.scale_sets.pop(key, None)
             self.instances.pop(key, None)
+            self.models.pop(key, None)
         elif event.type == "scaleset.upgrade_started":
             self.scale_sets.setdefault(key, []).append(data["upgrade_id"])
         elif event.type == "scaleset.reimage_finished":  # reimage, manualupgrade
@@ -124,6 +215,19 @@ class FleetView:
         ]
         recent.sort(key=lambda v: v.start_time or now, reverse=True)
         return recent[:HISTORY_LIMIT]
+
+
+def image_versions_of(event: RecordedEvent) -> list[ImageVersionKey]:
+    """The image versions a catalog event makes available, and where."""
+    data = event.data
+    if event.type == "image.version_published":
+        image = f"{data['publisher']}/{data['offer']}/{data['sku']}"
+        return [(image, data["version"], data["location"])]
+    if event.type == "gallery.version_published":
+        return [(data["image_id"], data["version"], region) for region in data["regions"]]
+    if event.type == "gallery.version_replicated":
+        return [(data["image_id"], data["version"], data["region"])]
+    return []
 
 
 async def fleet_as_of(

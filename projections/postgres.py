@@ -22,6 +22,19 @@ import structlog
 from events.postgres import CONNECTION_ERRORS, DEFAULT_SCHEMA, OPEN_ERRORS, redact, unavailable
 from projections.fleet_view import FleetView
 from projections.runner import NAME, SetRow, StoredRows, UpgradeRow, view_from_rows
+from projections.sql_tables import (
+    IMAGE_VERSIONS,
+    INSTANCES,
+    SCALE_SETS,
+    SCHEMA_ROW,
+    SCHEMA_VERSION,
+    TABLES,
+    UPGRADES,
+    Record,
+    TypedChanges,
+    create_statements,
+    placeholders,
+)
 
 _SCHEMA = (
     "CREATE SCHEMA IF NOT EXISTS {s}",
@@ -56,6 +69,31 @@ class PostgresTables:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._s)
             for statement in _SCHEMA:
                 await conn.execute(statement.format(s=self._s))
+            for statement in create_statements("postgres", self._s):
+                await conn.execute(statement)
+            await self._migrate(conn)
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        """Clear a projection stored in an older layout, so that it is folded again."""
+        s = self._s
+        stored = await conn.fetchval(
+            f"SELECT position FROM {s}.projection_checkpoints WHERE name = $1", SCHEMA_ROW
+        )
+        stored = int(stored or 0)
+        if stored >= SCHEMA_VERSION:
+            return
+        for table in ("projection_upgrades", "projection_scale_sets", *(t.name for t in TABLES)):
+            await conn.execute(f"DELETE FROM {s}.{table}")
+        await conn.execute(f"DELETE FROM {s}.projection_checkpoints WHERE name = $1", NAME)
+        await conn.execute(
+            f"INSERT INTO {s}.projection_checkpoints VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            SCHEMA_ROW,
+            SCHEMA_VERSION,
+        )
+        if stored:
+            self._log.info("projection tables of an older layout cleared; folding the log again",
+                           stored=stored, current=SCHEMA_VERSION)  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[asyncpg.Connection]:
@@ -94,12 +132,24 @@ class PostgresTables:
             sets = await conn.fetch(
                 f"SELECT key, upgrade_ids, instances FROM {self._s}.projection_scale_sets"
             )
+            typed_sets = await conn.fetch(f"SELECT * FROM {self._s}.{SCALE_SETS.name}")
+            images = await conn.fetch(f"SELECT * FROM {self._s}.{IMAGE_VERSIONS.name}")
         checkpoint = int(position or 0)
         rows = [(r[0], r[1], r[2]) for r in sets]
-        return view_from_rows(checkpoint, [r[0] for r in states], rows), checkpoint
+        states_ = [r[0] for r in states]
+        view = view_from_rows(
+            checkpoint, states_, rows, [tuple(r) for r in typed_sets],
+            [tuple(r) for r in images], from_sqlite=False,
+        )  # fmt: skip
+        return view, checkpoint
 
     async def write(
-        self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
+        self,
+        upgrades: list[UpgradeRow],
+        sets: list[SetRow],
+        gone: list[str],
+        checkpoint: int,
+        typed: TypedChanges | None = None,
     ) -> None:
         """See ``ProjectionTables.write``: one transaction for rows and checkpoint."""
         s = self._s
@@ -137,20 +187,53 @@ class PostgresTables:
                 await conn.execute(
                     f"DELETE FROM {s}.projection_scale_sets WHERE key = ANY($1::text[])", gone
                 )
+            if typed is not None:
+                await self._write_typed(conn, typed)
             await conn.execute(
                 f"UPDATE {s}.projection_checkpoints SET position = $2 WHERE name = $1",
                 NAME,
                 checkpoint,
             )
 
+    async def _write_typed(self, conn: asyncpg.Connection, typed: TypedChanges) -> None:
+        """The typed tables' share of one projection commit (inside its transaction)."""
+        s = self._s
+        doomed = [*typed.gone_sets, *typed.whole_sets]
+        if doomed:
+            await conn.execute(
+                f"DELETE FROM {s}.{INSTANCES.name} WHERE scale_set = ANY($1::text[])", doomed
+            )
+        if typed.gone_sets:
+            await conn.execute(
+                f"DELETE FROM {s}.{SCALE_SETS.name} WHERE key = ANY($1::text[])", typed.gone_sets
+            )
+        for table, records in (
+            (SCALE_SETS, typed.scale_sets),
+            (INSTANCES, typed.instances),
+            (UPGRADES, typed.upgrades),
+            (IMAGE_VERSIONS, typed.image_versions),
+        ):
+            if records:
+                updates = ", ".join(
+                    f"{c} = excluded.{c}" for c in table.names if c not in table.key
+                )
+                await conn.executemany(
+                    f"INSERT INTO {s}.{table.name} VALUES ({placeholders(table, 'postgres')})"
+                    f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}",
+                    records,
+                )
+
     async def clear(self) -> None:
         """See ``ProjectionTables.clear``."""
         conn = await asyncpg.connect(self.dsn)
         try:
             async with conn.transaction():
-                for table in ("projection_upgrades", "projection_scale_sets"):
+                tables = ("projection_upgrades", "projection_scale_sets", *(t.name for t in TABLES))
+                for table in tables:
                     await conn.execute(f"DELETE FROM {self._s}.{table}")
-                await conn.execute(f"DELETE FROM {self._s}.projection_checkpoints")
+                await conn.execute(
+                    f"DELETE FROM {self._s}.projection_checkpoints WHERE name = $1", NAME
+                )
         finally:
             await conn.close()
 
@@ -186,3 +269,22 @@ class PostgresTables:
             {r[0]: r[1] for r in upgrades},
             {r[0]: (r[1], r[2]) for r in sets},
         )
+
+    async def typed_rows(self) -> tuple[int, dict[str, set[Record]]]:
+        """See ``ProjectionTables.typed_rows``."""
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                position = await conn.fetchval(
+                    f"SELECT position FROM {self._s}.projection_checkpoints WHERE name = $1",
+                    NAME,
+                )
+                tables = {
+                    t.name: {
+                        tuple(r) for r in await conn.fetch(f"SELECT * FROM {self._s}.{t.name}")
+                    }
+                    for t in TABLES
+                }
+        finally:
+            await conn.close()
+        return int(position or 0), tables

@@ -28,11 +28,29 @@ from events import EventStore, RecordedEvent, StoreUnavailableError
 from events.head_watch import HeadWatch
 from events.sqlite import unavailable
 from projections.fleet_view import FleetView, InstanceView
+from projections.sql_tables import (
+    IMAGE_VERSIONS,
+    INSTANCES,
+    SCALE_SETS,
+    SCHEMA_ROW,
+    SCHEMA_VERSION,
+    TABLES,
+    UPGRADES,
+    PendingTyped,
+    Record,
+    TypedChanges,
+    create_statements,
+    image_version_from_row,
+    model_from_row,
+    placeholders,
+    to_sqlite,
+)
 from projections.upgrade_view import UpgradeView
 
 NAME = "fleet"
 RETRY_FIRST_S = 0.05  # first pause after a failed read or write of the database
 RETRY_MAX_S = 2.0  # longest pause: how stale reads and stored rows get once it is back
+_BLOB_TABLES = ("projection_upgrades", "projection_scale_sets")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS projection_checkpoints ("
     " name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
@@ -66,10 +84,15 @@ class ProjectionTables(Protocol):
         ...
 
     async def write(
-        self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
+        self,
+        upgrades: list[UpgradeRow],
+        sets: list[SetRow],
+        gone: list[str],
+        checkpoint: int,
+        typed: TypedChanges | None = None,
     ) -> None:
-        """Upsert ``upgrades`` and ``sets``, delete ``gone`` sets, store ``checkpoint``:
-        all in one transaction, or nothing."""
+        """Upsert ``upgrades`` and ``sets``, delete ``gone`` sets, apply the ``typed``
+        tables' changes, store ``checkpoint``: all in one transaction, or nothing."""
         ...
 
     async def clear(self) -> None:
@@ -84,12 +107,25 @@ class ProjectionTables(Protocol):
         """The checkpoint and every stored row, for comparing projections."""
         ...
 
+    async def typed_rows(self) -> tuple[int, dict[str, set[Record]]]:
+        """The checkpoint and every row of the typed tables (``projections.sql_tables``)."""
+        ...
+
 
 def view_from_rows(
-    position: int, upgrade_states: list[bytes], set_rows: list[tuple[str, bytes, bytes]]
+    position: int,
+    upgrade_states: list[bytes],
+    set_rows: list[tuple[str, bytes, bytes]],
+    typed_sets: list[Any],
+    typed_images: list[Any],
+    *,
+    from_sqlite: bool,
 ) -> FleetView:
-    """Rebuild a view from its stored rows (shared by every ``ProjectionTables``)."""
+    """Rebuild a view from its stored rows (shared by every ``ProjectionTables``): the JSON
+    rows, and the typed tables for the scale set models and image versions."""
     view = FleetView()
+    view.models = dict(model_from_row(row, from_sqlite) for row in typed_sets)
+    view.image_versions = dict(image_version_from_row(row, from_sqlite) for row in typed_images)
     for state in upgrade_states:
         upgrade = upgrade_from_row(state)
         view.upgrades[upgrade.upgrade_id] = upgrade
@@ -130,7 +166,39 @@ async def load_view(conn: aiosqlite.Connection) -> tuple[FleetView, int]:
     sets = await conn.execute_fetchall(
         "SELECT key, upgrade_ids, instances FROM projection_scale_sets"
     )
-    return view_from_rows(position, states, [tuple(r) for r in sets]), position
+    typed_sets = await conn.execute_fetchall(f"SELECT * FROM {SCALE_SETS.name}")
+    images = await conn.execute_fetchall(f"SELECT * FROM {IMAGE_VERSIONS.name}")
+    view = view_from_rows(
+        position, states, [tuple(r) for r in sets], list(typed_sets), list(images), from_sqlite=True
+    )
+    return view, position
+
+
+async def _schema_version(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall(
+        "SELECT position FROM projection_checkpoints WHERE name = ?", (SCHEMA_ROW,)
+    )
+    return int(next(iter(rows))[0]) if rows else 0
+
+
+async def _write_typed_sqlite(conn: aiosqlite.Connection, typed: TypedChanges) -> None:
+    """The typed tables' share of one projection commit (inside its transaction)."""
+    doomed = [(k,) for k in (*typed.gone_sets, *typed.whole_sets)]
+    await conn.executemany(f"DELETE FROM {INSTANCES.name} WHERE scale_set = ?", doomed)
+    await conn.executemany(
+        f"DELETE FROM {SCALE_SETS.name} WHERE key = ?", [(k,) for k in typed.gone_sets]
+    )
+    for table, records in (
+        (SCALE_SETS, typed.scale_sets),
+        (INSTANCES, typed.instances),
+        (UPGRADES, typed.upgrades),
+        (IMAGE_VERSIONS, typed.image_versions),
+    ):
+        if records:
+            await conn.executemany(
+                f"INSERT OR REPLACE INTO {table.name} VALUES ({placeholders(table, 'sqlite')})",
+                [to_sqlite(r) for r in records],
+            )
 
 
 class SQLiteTables:
@@ -148,8 +216,26 @@ class SQLiteTables:
         # per commit. A power cut can then lose the newest projection commits, never the
         # events: the runner resumes from the older checkpoint and folds them again.
         await self._conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in _SCHEMA:
+        await self._conn.execute("BEGIN IMMEDIATE")
+        for statement in (*_SCHEMA, *create_statements("sqlite")):
             await self._conn.execute(statement)
+        stored = await _schema_version(self._conn)
+        if stored != SCHEMA_VERSION:
+            if stored < SCHEMA_VERSION:
+                # An older layout: start again from position 0 (the log has everything).
+                for table in (*_BLOB_TABLES, *(t.name for t in TABLES)):
+                    await self._conn.execute(f"DELETE FROM {table}")
+                await self._conn.execute(
+                    "DELETE FROM projection_checkpoints WHERE name = ?", (NAME,)
+                )
+                if stored:
+                    log.info("projection tables of an older layout cleared; folding the log again",
+                             stored=stored, current=SCHEMA_VERSION)  # fmt: skip
+            await self._conn.execute(
+                "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)",
+                (SCHEMA_ROW, max(stored, SCHEMA_VERSION)),
+            )
+        await self._conn.execute("COMMIT")
 
     async def load(self) -> tuple[FleetView, int]:
         """See ``ProjectionTables.load``."""
@@ -157,7 +243,12 @@ class SQLiteTables:
         return await load_view(self._conn)
 
     async def write(
-        self, upgrades: list[UpgradeRow], sets: list[SetRow], gone: list[str], checkpoint: int
+        self,
+        upgrades: list[UpgradeRow],
+        sets: list[SetRow],
+        gone: list[str],
+        checkpoint: int,
+        typed: TypedChanges | None = None,
     ) -> None:
         """See ``ProjectionTables.write``; a full file raises ``StoreFullError`` (retried)."""
         assert self._conn is not None
@@ -173,6 +264,8 @@ class SQLiteTables:
             await conn.executemany(
                 "DELETE FROM projection_scale_sets WHERE key = ?", [(k,) for k in gone]
             )
+            if typed is not None:
+                await _write_typed_sqlite(conn, typed)
             await conn.execute(
                 "INSERT OR REPLACE INTO projection_checkpoints VALUES (?, ?)", (NAME, checkpoint)
             )
@@ -190,8 +283,9 @@ class SQLiteTables:
         """See ``ProjectionTables.clear``."""
         async with aiosqlite.connect(self.path, isolation_level=None) as conn:
             await conn.execute("BEGIN IMMEDIATE")
-            for table in ("projection_upgrades", "projection_scale_sets", "projection_checkpoints"):
+            for table in (*_BLOB_TABLES, *(t.name for t in TABLES)):
                 await conn.execute(f"DELETE FROM {table}")
+            await conn.execute("DELETE FROM projection_checkpoints WHERE name = ?", (NAME,))
             await conn.execute("COMMIT")
 
     async def close(self) -> None:
@@ -203,6 +297,10 @@ class SQLiteTables:
     async def rows(self) -> StoredRows:
         """See ``ProjectionTables.rows``."""
         return await stored_rows(self.path)
+
+    async def typed_rows(self) -> tuple[int, dict[str, set[Record]]]:
+        """See ``ProjectionTables.typed_rows``."""
+        return await stored_typed_rows(self.path)
 
 
 class ProjectionRunner:
@@ -240,6 +338,7 @@ class ProjectionRunner:
         self._folded = HeadWatch()  # what ``view`` has folded
         self._upgrades: set[str] = set()  # folded, not stored yet
         self._sets: set[str] = set()
+        self._typed = PendingTyped()
         self._write_failures = 0
         self._write_after = 0.0  # monotonic time: no write is tried again before
 
@@ -271,7 +370,7 @@ class ProjectionRunner:
         self.view, position = await self.tables.load()
         self._watch = HeadWatch(position)
         self._folded = HeadWatch(position)
-        self._upgrades, self._sets = set(), set()
+        self._upgrades, self._sets, self._typed = set(), set(), PendingTyped()
         self._task = asyncio.create_task(self._follow(), name="projection:fleet")
 
     async def stop(self) -> None:
@@ -357,6 +456,7 @@ class ProjectionRunner:
                 self._sets.add(self.view.upgrades[upgrade_id].scale_set)
             elif event.stream_id.startswith("vmss-"):
                 self._sets.add(event.stream_id.removeprefix("vmss-"))
+            self._typed.note(event, self.view)
         if page:
             self._folded.advance(page[-1].position)
 
@@ -364,13 +464,14 @@ class ProjectionRunner:
         """Store the rows folded since the last write, unless a failed one is waited out."""
         if self.folded <= self.checkpoint or time.monotonic() < self._write_after:
             return
-        upgrades, sets, checkpoint = self._upgrades, self._sets, self.folded
-        self._upgrades, self._sets = set(), set()
+        upgrades, sets, typed, checkpoint = self._upgrades, self._sets, self._typed, self.folded
+        self._upgrades, self._sets, self._typed = set(), set(), PendingTyped()
         try:
-            await self._write(upgrades, sets, checkpoint)
+            await self._write(upgrades, sets, typed, checkpoint)
         except BaseException as exc:
             self._upgrades |= upgrades  # still to store (with what is folded meanwhile)
             self._sets |= sets
+            self._typed.merge(typed)
             if not isinstance(exc, StoreUnavailableError):
                 raise
             self._write_failures += 1
@@ -387,13 +488,16 @@ class ProjectionRunner:
         self.problem, self._write_failures, self._write_after = None, 0, 0.0
         self._watch.advance(checkpoint)
 
-    async def _write(self, upgrades: set[str], sets: set[str], checkpoint: int) -> None:
+    async def _write(
+        self, upgrades: set[str], sets: set[str], typed: PendingTyped, checkpoint: int
+    ) -> None:
         live = [k for k in sorted(sets) if k in self.view.scale_sets]
         await self.tables.write(
             [upgrade_row(self.view.upgrades[u]) for u in sorted(upgrades)],
             [scale_set_row(self.view, k) for k in live],
             [k for k in sorted(sets) if k not in self.view.scale_sets],
             checkpoint,
+            typed.changes(self.view, upgrades, sets),
         )
 
     async def rebuild(self) -> None:
@@ -424,3 +528,17 @@ async def stored_rows(path: str | Path) -> StoredRows:
             for k, i, n in await conn.execute_fetchall("SELECT * FROM projection_scale_sets")
         }
     return checkpoint, upgrades, sets
+
+
+async def stored_typed_rows(path: str | Path) -> tuple[int, dict[str, set[Record]]]:
+    """The checkpoint and every row of the typed tables in an SQLite file."""
+    async with aiosqlite.connect(path) as conn:
+        rows = await conn.execute_fetchall(
+            "SELECT position FROM projection_checkpoints WHERE name = ?", (NAME,)
+        )
+        checkpoint = next(iter(rows))[0] if rows else 0
+        tables = {
+            t.name: {tuple(r) for r in await conn.execute_fetchall(f"SELECT * FROM {t.name}")}
+            for t in TABLES
+        }
+    return checkpoint, tables

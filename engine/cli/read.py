@@ -24,7 +24,14 @@ from engine.domain.names import fold
 from events import EventStore, RecordedEvent
 from projections.fleet_view import FleetView, fleet_as_of
 from projections.postgres import PostgresTables
-from projections.runner import StoredRows, scale_set_row, stored_rows, upgrade_row
+from projections.runner import (
+    StoredRows,
+    scale_set_row,
+    stored_rows,
+    stored_typed_rows,
+    upgrade_row,
+)
+from projections.sql_tables import SCALE_SETS, all_records, compare_records
 
 
 def parse_time(text: str) -> datetime:
@@ -66,6 +73,27 @@ async def audit_verify(db: str, schema: str) -> int:
         print(f"PROJECTION MISMATCH (as of position {checkpoint}): {problem}")
         return 1
     print(f"projections: ok (re-folded {checkpoint} events, {len(upgrades)} upgrades match)")
+    return await _verify_sql_tables(db, schema, checkpoint, refolded)
+
+
+async def _verify_sql_tables(db: str, schema: str, checkpoint: int, refolded: FleetView) -> int:
+    """Compare the typed SQL tables with the records the re-folded log implies."""
+    if not await has_table(db, schema, SCALE_SETS.name):
+        print("SQL tables: none stored (an older layout; a running server writes them)")
+        return 0
+    pg = is_postgres_dsn(db)
+    typed_at, stored = await (
+        PostgresTables(db, schema=schema).typed_rows() if pg else stored_typed_rows(Path(db))
+    )
+    if typed_at != checkpoint:  # the projection moved on between the two reads
+        async with open_log(db, schema) as store:
+            refolded = await fleet_as_of(store, position=typed_at)
+    problem = compare_records(all_records(refolded), stored, sqlite=not pg)
+    if problem is not None:
+        print(f"SQL TABLES MISMATCH (as of position {typed_at}): {problem}")
+        return 1
+    counts = ", ".join(f"{len(rows):,} {name}" for name, rows in stored.items())
+    print(f"SQL tables: ok ({counts})")
     return 0
 
 
