@@ -33,7 +33,7 @@ from projections.sql_tables import (
     Record,
     TypedChanges,
     create_statements,
-    placeholders,
+    upsert,
 )
 
 _SCHEMA = (
@@ -214,12 +214,8 @@ class PostgresTables:
             (IMAGE_VERSIONS, typed.image_versions),
         ):
             if records:
-                updates = ", ".join(
-                    f"{c} = excluded.{c}" for c in table.names if c not in table.key
-                )
                 await conn.executemany(
-                    f"INSERT INTO {s}.{table.name} VALUES ({placeholders(table, 'postgres')})"
-                    f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}",
+                    upsert(table, "postgres", s),
                     records,
                 )
 

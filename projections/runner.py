@@ -43,7 +43,7 @@ from projections.sql_tables import (
     image_version_from_row,
     model_from_row,
     placeholders,
-    to_sqlite,
+    sqlite_records,
 )
 from projections.upgrade_view import UpgradeView
 
@@ -197,7 +197,7 @@ async def _write_typed_sqlite(conn: aiosqlite.Connection, typed: TypedChanges) -
         if records:
             await conn.executemany(
                 f"INSERT OR REPLACE INTO {table.name} VALUES ({placeholders(table, 'sqlite')})",
-                [to_sqlite(r) for r in records],
+                sqlite_records(table, records),
             )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from events import RecordedEvent
 from projections.fleet_view import FleetView, ImageVersionKey, ScaleSetModel, image_versions_of
-from projections.upgrade_view import UpgradeView, expand
+from projections.upgrade_view import GROUP, UpgradeView
 
 # Bumped whenever a table of this module (or the JSON rows) changes shape: a runner that
 # finds an older version stored clears the projection and folds the log again.
@@ -93,7 +93,6 @@ INSTANCES = Table(
         Column("phase", "text", nullable=True),  # in the latest upgrade; NULL without one
     ),
     key=("scale_set", "instance_id"),
-    indexes=(("version",),),
 )
 UPGRADES = Table(
     "fleet_upgrades",
@@ -280,6 +279,13 @@ def to_sqlite(record: Sequence[Any]) -> Record:
     )
 
 
+def sqlite_records(table: Table, records: list[Record]) -> list[Record]:
+    """``records`` in SQLite's form; a table of text and integers only is left as it is."""
+    if all(c.kind in ("text", "int") for c in table.columns):
+        return records
+    return [to_sqlite(r) for r in records]
+
+
 def model_from_row(row: Sequence[Any], from_sqlite: bool) -> tuple[str, ScaleSetModel]:
     """A stored ``fleet_scale_sets`` row back to its key and model (for reloading)."""
     values = dict(zip(SCALE_SETS.names, row, strict=True))
@@ -332,17 +338,21 @@ class PendingTyped:
     def note(self, event: RecordedEvent, fleet: FleetView) -> None:
         """Record what ``event`` (already folded into ``fleet``) changed."""
         stream = event.stream_id
+        data = event.data
         if stream.startswith("upgrade-"):
-            key = fleet.upgrades[stream.removeprefix("upgrade-")].scale_set
-            for type_name, data in expand(event.type, event.data):
-                instance_id = data.get("instance_id")
-                if type_name == "upgrade.requested":  # every instance gets a phase
-                    self.whole_sets.add(key)
-                elif instance_id is not None:
-                    self.instances.setdefault(key, set()).add(instance_id)
+            key = fleet.upgrades[stream[8:]].scale_set
+            if event.type == GROUP:  # per-instance events of one instant (the common case)
+                touched = self.instances.get(key)
+                if touched is None:
+                    touched = self.instances[key] = set()
+                touched.update(item["instance_id"] for item in data["items"])
+            elif event.type == "upgrade.requested":  # every instance gets a phase
+                self.whole_sets.add(key)
+            elif "instance_id" in data:
+                self.instances.setdefault(key, set()).add(data["instance_id"])
         elif stream.startswith("vmss-"):
             if event.type in _WHOLE_SET_EVENTS:
-                self.whole_sets.add(stream.removeprefix("vmss-"))
+                self.whole_sets.add(stream[5:])
         else:
             self.images.update(image_versions_of(event))
 
@@ -374,3 +384,13 @@ class PendingTyped:
                 out.instances.extend(instance_records(fleet, key, self.instances[key]))
         out.image_versions = image_version_records(fleet, self.images)
         return out
+
+
+def upsert(table: Table, dialect: str, schema: str = "") -> str:
+    """Insert a row, or update the one with its key (PostgreSQL's upsert)."""
+    prefix = f"{schema}." if schema else ""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in table.names if c not in table.key)
+    return (
+        f"INSERT INTO {prefix}{table.name} VALUES ({placeholders(table, dialect)})"
+        f" ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
+    )
